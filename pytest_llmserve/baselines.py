@@ -1,0 +1,209 @@
+"""Stored baselines: one small, sorted, rounded JSON file per hardware label and target.
+
+Layout: ``<baselines_dir>/<hardware>/<target>.json`` holding ``{"entries": {test_id: {metric: value}}}``.
+Writes are read-modify-write under a file lock and land with an atomic rename, so parallel
+workers never clobber each other and a crash never leaves half a file. A file that does not
+parse is reported and never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from filelock import FileLock
+
+from .config import Tolerance
+
+SCHEMA = 1
+SIGNIFICANT_DIGITS = 4
+HIGHER_IS_BETTER = frozenset({"output_tok_s", "requests_s", "accuracy", "exact_match_rate"})
+DEFAULT_TOLERANCES: Mapping[str, Tolerance] = {
+    "ms": Tolerance(rel=0.5, abs=5.0),  # every *_ms latency
+    "output_tok_s": Tolerance(rel=0.3),
+    "requests_s": Tolerance(rel=0.3),
+}
+UPDATE_HINT = "run with --update-baselines to record it"
+
+
+class BaselineError(Exception):
+    """A baseline file that cannot be used; the message says which and what to do."""
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric in HIGHER_IS_BETTER
+
+
+def default_tolerance(metric: str) -> Tolerance:
+    if metric.endswith("_ms"):
+        return DEFAULT_TOLERANCES["ms"]
+    return DEFAULT_TOLERANCES.get(metric, Tolerance(rel=0.1))
+
+
+def round_significant(value: float, digits: int = SIGNIFICANT_DIGITS) -> float:
+    """Round to a few significant digits so diffs of baseline files stay readable."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    return round(value, digits - 1 - int(math.floor(math.log10(abs(value)))))
+
+
+@dataclass(frozen=True)
+class MetricComparison:
+    """One metric against its baseline."""
+
+    metric: str
+    measured: float
+    baseline: float | None
+    tolerance: Tolerance
+    verdict: str  # ok | regression | improvement | missing | recorded
+
+    @property
+    def bound(self) -> float | None:
+        """The worst value still accepted, in the metric's direction."""
+        if self.baseline is None:
+            return None
+        slack = abs(self.baseline) * self.tolerance.rel + self.tolerance.abs
+        return self.baseline - slack if higher_is_better(self.metric) else self.baseline + slack
+
+
+@dataclass(frozen=True)
+class BaselineChange:
+    """What --update-baselines changed for one entry (old is None for a new entry)."""
+
+    path: Path
+    test_id: str
+    old: Mapping[str, float] | None
+    new: Mapping[str, float]
+
+
+@dataclass
+class BaselineStore:
+    """Reads, compares and (with update) writes baselines for one hardware label."""
+
+    root: Path
+    hardware: str
+    update: bool = False
+    used: set[tuple[str, str]] = field(default_factory=set)
+    changes: list[BaselineChange] = field(default_factory=list)
+
+    def path_for(self, target: str) -> Path:
+        return self.root / self.hardware / f"{target}.json"
+
+    def lookup(self, target: str, test_id: str) -> dict[str, float] | None:
+        """The stored metrics for a test, or None; marks the entry as used."""
+        self.used.add((target, test_id))
+        entries = self._read(self.path_for(target))
+        found = entries.get(test_id)
+        return dict(found) if found is not None else None
+
+    def compare(
+        self, target: str, test_id: str, metrics: Mapping[str, float], tolerances: Mapping[str, Tolerance]
+    ) -> list[MetricComparison]:
+        """Compare (or, with update, record) every metric; verdicts are direction-aware."""
+        stored = self.lookup(target, test_id)
+        rows = []
+        for metric, measured in sorted(metrics.items()):
+            tol = tolerances.get(metric) or default_tolerance(metric)
+            base = None if stored is None else stored.get(metric)
+            if self.update:
+                verdict = "recorded"
+            elif base is None:
+                verdict = "missing"
+            elif not tol.allows(measured, base, higher_is_better(metric)):
+                verdict = "regression"
+            elif (measured > base) == higher_is_better(metric) and measured != base:
+                verdict = "improvement"
+            else:
+                verdict = "ok"
+            rows.append(MetricComparison(metric, measured, base, tol, verdict))
+        if self.update:
+            self.record(target, test_id, metrics)
+        return rows
+
+    def record(self, target: str, test_id: str, metrics: Mapping[str, float]) -> BaselineChange:
+        """Write one entry atomically under a lock, keeping every other entry of the file."""
+        path = self.path_for(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = {k: round_significant(float(v)) for k, v in sorted(metrics.items())}
+        with FileLock(str(path) + ".lock", timeout=120):
+            entries = self._read(path)
+            old = entries.get(test_id)
+            entries[test_id] = new
+            _atomic_write_json(path, {"schema": SCHEMA, "hardware": self.hardware, "target": target,
+                                      "entries": dict(sorted(entries.items()))})
+        change = BaselineChange(path, test_id, old, new)
+        self.changes.append(change)
+        self.used.add((target, test_id))
+        return change
+
+    def other_hardware_with(self, target: str, test_id: str) -> list[str]:
+        """Hardware labels that do have a baseline for this test (to explain a refusal)."""
+        labels = []
+        if not self.root.is_dir():
+            return labels
+        for hw_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != self.hardware):
+            try:
+                if test_id in _read_entries(hw_dir / f"{target}.json", hw_dir.name):
+                    labels.append(hw_dir.name)
+            except BaselineError:
+                continue
+        return labels
+
+    def unused(self, targets: list[str], known_test_ids: set[str]) -> list[tuple[Path, str]]:
+        """Entries of the selected targets' files whose test no longer exists in the collected modules."""
+        modules = {tid.split("::", 1)[0] for tid in known_test_ids}
+        out = []
+        for target in targets:
+            path = self.path_for(target)
+            for test_id in sorted(self._read(path)):
+                in_scope = test_id.split("::", 1)[0] in modules
+                if in_scope and test_id not in known_test_ids and (target, test_id) not in self.used:
+                    out.append((path, test_id))
+        return out
+
+    def _read(self, path: Path) -> dict[str, dict[str, float]]:
+        return _read_entries(path, self.hardware)
+
+
+def _read_entries(path: Path, hardware: str) -> dict[str, dict[str, float]]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        entries = data["entries"]
+        if not isinstance(entries, dict) or not all(
+            isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()) for v in entries.values()
+        ):
+            raise ValueError("entries must map test ids to {metric: number}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BaselineError(
+            f"baseline file {path} is corrupt ({exc}); it was not modified. Fix it from version control "
+            f"(git checkout -- {path}) or delete it and {UPDATE_HINT}"
+        ) from None
+    recorded_for = data.get("hardware")
+    if recorded_for is not None and recorded_for != hardware:
+        raise BaselineError(
+            f"baseline file {path} was recorded on hardware {recorded_for!r}, but this run is {hardware!r}; "
+            "comparison across hardware is refused (move the file to its own label's directory)"
+        )
+    return entries
+
+
+def _atomic_write_json(path: Path, data: dict) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over the target."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

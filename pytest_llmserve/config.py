@@ -1,0 +1,288 @@
+"""Typed, validated serving-target configuration read from pyproject.toml or llmserve.toml."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+KINDS = ("vllm", "openai", "trtllm-serve", "triton")
+SLO_KEYS = (
+    "ttft_p50_ms",
+    "ttft_p95_ms",
+    "ttft_p99_ms",
+    "itl_p95_ms",
+    "itl_p99_ms",
+    "tpot_p95_ms",
+    "e2e_p95_ms",
+    "e2e_p99_ms",
+    "min_output_tok_s",
+    "min_requests_s",
+    "max_error_rate",
+)
+TARGET_KEYS = {
+    "name": str,
+    "kind": str,
+    "model": str,
+    "served_model_name": str,
+    "url": str,
+    "launcher": list,
+    "args": list,
+    "env": dict,
+    "startup_timeout_s": (int, float),
+    "hardware": str,
+    "dtype": str,
+    "engine": dict,
+    "options": dict,
+    "slo": dict,
+    "cuda_graphs": dict,
+    "concurrency": list,
+    "tolerance": dict,
+}
+TOP_KEYS = {"baselines_dir": str, "hardware": str, "targets": list, "tolerance": dict}
+DEFAULT_STARTUP_TIMEOUT_S = 600.0
+
+
+class ConfigError(Exception):
+    """A configuration problem the user can fix; the message names file, key and value."""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a metric may move from its baseline before it counts as a regression."""
+
+    rel: float = 0.5
+    abs: float = 0.0
+
+    def allows(self, measured: float, baseline: float, higher_is_better: bool) -> bool:
+        """True when `measured` is no worse than `baseline` beyond rel + abs slack."""
+        slack = abs(baseline) * self.rel + self.abs
+        return measured >= baseline - slack if higher_is_better else measured <= baseline + slack
+
+
+@dataclass(frozen=True)
+class Target:
+    """One serving target: what to start (or where it runs) and what it promises."""
+
+    name: str
+    kind: str
+    model: str | None = None
+    served_model_name: str | None = None
+    url: str | None = None
+    launcher: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
+    hardware: str | None = None
+    dtype: str | None = None
+    engine: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    slo: Mapping[str, float] = field(default_factory=dict)
+    cuda_graphs: Mapping[str, Any] = field(default_factory=dict)
+    concurrency: tuple[int, ...] = (1, 4, 16)
+    tolerance: Mapping[str, Tolerance] = field(default_factory=dict)
+    source: str = "<memory>"
+
+    @property
+    def model_name(self) -> str:
+        """The name clients send in the `model` field."""
+        if self.served_model_name:
+            return self.served_model_name
+        return self.model if self.kind == "openai" and self.model else self.name
+
+    @property
+    def is_managed(self) -> bool:
+        """Whether the plugin starts this server itself (everything but `openai`)."""
+        return self.kind != "openai"
+
+
+@dataclass(frozen=True)
+class LlmserveConfig:
+    """Everything read from [tool.llmserve]: targets and project-wide defaults."""
+
+    targets: tuple[Target, ...] = ()
+    baselines_dir: str | None = None
+    hardware: str | None = None
+    tolerance: Mapping[str, Tolerance] = field(default_factory=dict)
+    source: str | None = None
+
+    def target(self, name: str) -> Target:
+        """The target called `name`, or a ConfigError listing the known names."""
+        for target in self.targets:
+            if target.name == name:
+                return target
+        known = ", ".join(t.name for t in self.targets) or "none configured"
+        where = self.source or "no llmserve config file found"
+        raise ConfigError(f"unknown target {name!r} (known: {known}; config: {where})")
+
+
+def find_config_file(rootdir: Path) -> Path | None:
+    """llmserve.toml wins over pyproject.toml's [tool.llmserve] in the same directory."""
+    dedicated = rootdir / "llmserve.toml"
+    if dedicated.is_file():
+        return dedicated
+    pyproject = rootdir / "pyproject.toml"
+    if pyproject.is_file():
+        with pyproject.open("rb") as fh:
+            try:
+                data = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{pyproject}: not valid TOML: {exc}") from None
+        if "llmserve" in data.get("tool", {}):
+            return pyproject
+    return None
+
+
+def load_config(path: Path | None) -> LlmserveConfig:
+    """Read and validate the config at `path` (None: an empty config)."""
+    if path is None:
+        return LlmserveConfig()
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if path.name == "pyproject.toml":
+        section, prefix = data.get("tool", {}).get("llmserve", {}), "tool.llmserve"
+    else:
+        section, prefix = data, ""
+    return parse_config(section, source=str(path), prefix=prefix)
+
+
+def parse_config(section: Mapping[str, Any], *, source: str, prefix: str = "") -> LlmserveConfig:
+    """Validate a [tool.llmserve] mapping into an LlmserveConfig."""
+    err = _Errors(source)
+    _check_keys(err, section, TOP_KEYS, prefix)
+    base_dir = Path(source).parent if source and not source.startswith("<") else Path.cwd()
+    tolerance = _parse_tolerances(err, section.get("tolerance", {}), _join(prefix, "tolerance"))
+    targets: list[Target] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(section.get("targets", [])):
+        where = _join(prefix, f"targets[{i}]")
+        if not isinstance(raw, Mapping):
+            err.fail(where, raw, "must be a table")
+        target = _parse_target(err, raw, where, base_dir, source)
+        if target.name in seen:
+            err.fail(f"{where}.name", target.name, "duplicates an earlier target name")
+        seen.add(target.name)
+        targets.append(target)
+    return LlmserveConfig(
+        targets=tuple(targets),
+        baselines_dir=section.get("baselines_dir"),
+        hardware=section.get("hardware"),
+        tolerance=tolerance,
+        source=source,
+    )
+
+
+def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Path, source: str) -> Target:
+    _check_keys(err, raw, TARGET_KEYS, where)
+    for required in ("name", "kind"):
+        if required not in raw:
+            err.fail(f"{where}.{required}", None, "is required")
+    name, kind = raw["name"], raw["kind"]
+    if not name or any(c in name for c in "/\\[] "):
+        err.fail(f"{where}.name", name, "must be non-empty without '/', '\\', '[', ']' or spaces")
+    if kind not in KINDS:
+        err.fail(f"{where}.kind", kind, f"must be one of {', '.join(KINDS)}")
+    model = raw.get("model")
+    if kind == "openai":
+        if not raw.get("url"):
+            err.fail(f"{where}.url", raw.get("url"), "is required for kind 'openai' (the running server's base URL)")
+    elif model is None:
+        err.fail(f"{where}.model", None, f"is required for kind {kind!r}")
+    else:
+        model = _resolve_model(err, model, base_dir, f"{where}.model")
+    for key in ("args", "launcher"):
+        if not all(isinstance(a, str) for a in raw.get(key, [])):
+            err.fail(f"{where}.{key}", raw.get(key), "must be a list of strings")
+    env = raw.get("env", {})
+    if not all(isinstance(v, str) for v in env.values()):
+        err.fail(f"{where}.env", env, "values must be strings")
+    timeout = raw.get("startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S)
+    if timeout <= 0:
+        err.fail(f"{where}.startup_timeout_s", timeout, "must be > 0")
+    slo = dict(raw.get("slo", {}))
+    for key, value in slo.items():
+        if key not in SLO_KEYS:
+            err.fail(f"{where}.slo.{key}", value, f"unknown SLO key; known: {', '.join(SLO_KEYS)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            err.fail(f"{where}.slo.{key}", value, "must be a non-negative number")
+    concurrency = raw.get("concurrency", [1, 4, 16])
+    if not concurrency or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in concurrency):
+        err.fail(f"{where}.concurrency", concurrency, "must be a non-empty list of integers >= 1")
+    return Target(
+        name=name,
+        kind=kind,
+        model=model,
+        served_model_name=raw.get("served_model_name"),
+        url=raw.get("url", "").rstrip("/") or None,
+        launcher=tuple(raw.get("launcher", ())),
+        args=tuple(raw.get("args", ())),
+        env=dict(env),
+        startup_timeout_s=float(timeout),
+        hardware=raw.get("hardware"),
+        dtype=raw.get("dtype"),
+        engine=dict(raw.get("engine", {})),
+        options=dict(raw.get("options", {})),
+        slo={k: float(v) for k, v in slo.items()},
+        cuda_graphs=dict(raw.get("cuda_graphs", {})),
+        concurrency=tuple(concurrency),
+        tolerance=_parse_tolerances(err, raw.get("tolerance", {}), f"{where}.tolerance"),
+        source=source,
+    )
+
+
+def _resolve_model(err: _Errors, model: Any, base_dir: Path, where: str) -> str:
+    """A model that looks like a path must exist; a hub id (org/name) is passed through."""
+    if not isinstance(model, str) or not model:
+        err.fail(where, model, "must be a non-empty string")
+    looks_like_path = model.startswith((".", "/", "~")) or (base_dir / model).exists() or model.count("/") != 1
+    if not looks_like_path:
+        return model
+    path = Path(model).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if not path.exists():
+        err.fail(where, model, f"path does not exist (resolved to {path})")
+    return str(path.resolve())
+
+
+def _parse_tolerances(err: _Errors, raw: Any, where: str) -> dict[str, Tolerance]:
+    if not isinstance(raw, Mapping):
+        err.fail(where, raw, "must be a table of metric = { rel = ..., abs = ... }")
+    out: dict[str, Tolerance] = {}
+    for metric, spec in raw.items():
+        if not isinstance(spec, Mapping) or set(spec) - {"rel", "abs"}:
+            err.fail(f"{where}.{metric}", spec, "must be a table with keys rel and/or abs")
+        values = {k: v for k, v in spec.items()}
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                err.fail(f"{where}.{metric}.{key}", value, "must be a non-negative number")
+        out[metric] = Tolerance(**{k: float(v) for k, v in values.items()})
+    return out
+
+
+def _check_keys(err: _Errors, raw: Mapping[str, Any], allowed: Mapping[str, Any], where: str) -> None:
+    for key, value in raw.items():
+        if key not in allowed:
+            err.fail(_join(where, key), value, f"unknown key; allowed: {', '.join(sorted(allowed))}")
+        if not isinstance(value, allowed[key]) or isinstance(value, bool):
+            expected = allowed[key]
+            names = " or ".join(t.__name__ for t in expected) if isinstance(expected, tuple) else expected.__name__
+            err.fail(_join(where, key), value, f"must be of type {names}")
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+@dataclass(frozen=True)
+class _Errors:
+    source: str
+
+    def fail(self, key: str, value: Any, problem: str) -> None:
+        shown = "(missing)" if value is None else repr(value)
+        raise ConfigError(f"{self.source}: {key} = {shown}: {problem}")

@@ -1,0 +1,100 @@
+"""What every backend provides (launch plan, readiness probes) and the handle tests receive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from ..config import Target
+from .process import ManagedProcess, read_tail
+
+
+class ServerError(Exception):
+    """A server could not be started or stopped serving; the message carries its log tail."""
+
+
+class ServerStartError(ServerError):
+    """The server exited, hung or answered wrongly while starting."""
+
+
+class ServerDied(ServerError):
+    """The server process ended while tests were using it."""
+
+
+class PortCollision(ServerStartError):
+    """The chosen port was taken between choosing it and the server binding it."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One readiness step: `check(base_url)` returns None when ready, else why not yet."""
+
+    name: str
+    check: Callable[[str], str | None]
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How to start one server instance on the given ports."""
+
+    argv: list[str]
+    env: dict[str, str]
+    base_url: str
+    probes: tuple[Probe, ...]
+    metrics_url: str | None = None
+    cwd: Path | None = None
+    files: dict[Path, str] = field(default_factory=dict)  # files to write before launch (e.g. YAML options)
+
+
+class Backend(Protocol):
+    """A server kind: builds its launch plan and recognises its own failure messages."""
+
+    kind: str
+
+    def plan(self, target: Target, port: int, workdir: Path) -> LaunchPlan: ...
+
+    def is_port_collision(self, log_text: str) -> bool: ...
+
+
+@dataclass
+class ServerHandle:
+    """A running (or external) server as the tests see it."""
+
+    target: Target
+    base_url: str
+    model: str
+    process: ManagedProcess | None = None
+    log_path: Path | None = None
+    metrics_url: str | None = None
+    startup_s: float | None = None
+
+    def alive(self) -> bool:
+        """Managed servers: the process runs. External servers are assumed alive."""
+        return self.process is None or self.process.alive()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return read_tail(self.log_path, lines)
+
+    def log_text(self) -> str:
+        """The whole server log (for evidence parsers); bytes are decoded as-is so that progress-bar
+        carriage returns do not become extra lines and evidence line numbers stay right."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_bytes().decode("utf-8", "replace")
+
+    def ensure_alive(self) -> None:
+        """Raise ServerDied with the log tail if the managed process has exited."""
+        if self.alive():
+            return
+        assert self.process is not None
+        code = self.process.returncode()
+        raise ServerDied(describe_exit(self.target, code, self.log_path, "died during the session"))
+
+
+def describe_exit(target: Target, code: int | None, log_path: Path | None, what: str) -> str:
+    """One message naming the target, how it ended and the last lines of its log."""
+    how = "still running" if code is None else (f"killed by signal {-code}" if code < 0 else f"exit status {code}")
+    tail = read_tail(log_path, 30)
+    shown = "\n".join(f"  | {line}" for line in tail.splitlines()) or "  | (log is empty)"
+    return f"server for target {target.name!r} {what} ({how}); log {log_path}, last lines:\n{shown}"

@@ -1,0 +1,154 @@
+"""Start servers once per session, wait until they really serve, and stop every one of them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..config import Target
+from .base import Backend, ServerHandle, ServerStartError, describe_exit
+from .openai import OpenAIBackend
+from .probes import served_models
+from .process import ManagedProcess, free_port, read_tail
+from .vllm import VllmBackend
+
+PORT_ATTEMPTS = 3
+POLL_S = 0.5
+
+
+def backend_for(kind: str) -> Backend:
+    """The backend implementing a target kind."""
+    if kind == "vllm":
+        return VllmBackend()
+    if kind == "openai":
+        return OpenAIBackend()
+    if kind == "trtllm-serve":
+        from .trtllm import TrtllmServeBackend
+
+        return TrtllmServeBackend()
+    if kind == "triton":
+        from .triton import TritonBackend
+
+        return TritonBackend()
+    raise ValueError(f"no backend for kind {kind!r}")
+
+
+@dataclass
+class ServerPool:
+    """Session-owned servers, started lazily by target name and all stopped at session end."""
+
+    log_dir: Path
+    progress: Callable[[str], None] = lambda message: None
+    handles: dict[str, ServerHandle] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    leftovers: dict[str, list[int]] = field(default_factory=dict)
+
+    def get(self, target: Target) -> ServerHandle:
+        """The running server for `target`, starting it on first use; a failed start is not retried."""
+        if target.name in self.failures:
+            raise ServerStartError(self.failures[target.name])
+        if target.name not in self.handles:
+            try:
+                self.handles[target.name] = start_server(target, self.log_dir, self.progress)
+            except ServerStartError as exc:
+                self.failures[target.name] = str(exc)
+                raise
+        return self.handles[target.name]
+
+    def stop(self, name: str) -> list[int]:
+        """Stop one server's whole process tree; return pids that survived (should be none)."""
+        handle = self.handles.pop(name, None)
+        if handle is None or handle.process is None:
+            return []
+        survivors = handle.process.terminate_tree()
+        if survivors:
+            self.leftovers[name] = survivors
+        return survivors
+
+    def stop_all(self) -> dict[str, list[int]]:
+        """Stop everything; the mapping lists survivors per target (empty when clean)."""
+        for name in list(self.handles):
+            self.stop(name)
+        return dict(self.leftovers)
+
+
+def start_server(target: Target, log_dir: Path, progress: Callable[[str], None] = lambda m: None) -> ServerHandle:
+    """Launch (unless external) and wait for readiness; on any failure nothing is left running."""
+    backend = backend_for(target.kind)
+    if not target.is_managed:
+        plan = backend.plan(target, 0, log_dir)
+        handle = ServerHandle(target=target, base_url=plan.base_url, model=target.model_name, metrics_url=plan.metrics_url)
+        _wait_ready(handle, plan.probes, target.startup_timeout_s)
+        return handle
+    last_error: ServerStartError | None = None
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port = free_port()
+        workdir = log_dir / f"{target.name}-{port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        plan = backend.plan(target, port, workdir)
+        for path, text in plan.files.items():
+            path.write_text(text)
+        log_path = log_dir / f"{target.name}-{port}.log"
+        progress(f"llmserve: starting {target.kind} target {target.name!r} on port {port} (log {log_path})")
+        started = time.monotonic()
+        process = ManagedProcess.spawn(plan.argv, plan.env, log_path, cwd=plan.cwd)
+        handle = ServerHandle(
+            target=target, base_url=plan.base_url, model=target.model_name,
+            process=process, log_path=log_path, metrics_url=plan.metrics_url,
+        )
+        try:
+            _wait_ready(handle, plan.probes, target.startup_timeout_s)
+        except ServerStartError as exc:
+            process.terminate_tree()
+            if backend.is_port_collision(read_tail(log_path, 200)) and attempt < PORT_ATTEMPTS:
+                progress(f"llmserve: port {port} was taken, retrying with another port")
+                last_error = exc
+                continue
+            raise
+        handle.startup_s = time.monotonic() - started
+        process.remember_tree()
+        progress(f"llmserve: target {target.name!r} ready in {handle.startup_s:.1f} s at {plan.base_url}")
+        return handle
+    assert last_error is not None
+    raise last_error
+
+
+def _wait_ready(handle: ServerHandle, probes: tuple, timeout_s: float) -> None:
+    """Run the probes in order until each passes; fail at once if the process exits.
+
+    After the first probe (the server answers HTTP) the served model name is checked, so a
+    wrong name fails at once instead of timing out in the completion probe.
+    """
+    deadline = time.monotonic() + timeout_s
+    for index, probe in enumerate(probes):
+        if index == 1:
+            _check_model_name(handle)
+        reason: str | None = "not tried"
+        while True:
+            if not handle.alive():
+                code = handle.process.returncode() if handle.process else None
+                raise ServerStartError(describe_exit(handle.target, code, handle.log_path, "exited while starting"))
+            reason = probe.check(handle.base_url)
+            if reason is None:
+                break
+            if time.monotonic() > deadline:
+                raise ServerStartError(
+                    describe_exit(handle.target, None, handle.log_path,
+                                  f"was not ready after {timeout_s:.0f} s (startup_timeout_s; probe {probe.name}: {reason})")
+                )
+            time.sleep(POLL_S)
+
+
+def _check_model_name(handle: ServerHandle) -> None:
+    """A server that answers but serves another model is a configuration error, not a pass."""
+    try:
+        models = served_models(handle.base_url)
+    except Exception as exc:  # noqa: BLE001 - any failure here is reported with context
+        raise ServerStartError(f"target {handle.target.name!r}: GET /v1/models failed: {exc}") from None
+    if handle.model not in models:
+        raise ServerStartError(
+            f"target {handle.target.name!r} expects model {handle.model!r} but the server at "
+            f"{handle.base_url} serves {models}; set served_model_name (or model for kind 'openai')"
+        )

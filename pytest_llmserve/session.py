@@ -1,0 +1,98 @@
+"""The per-session state the hooks delegate to: config, selected targets, servers, baselines, results."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from . import options
+from .baselines import BaselineStore
+from .config import ConfigError, LlmserveConfig, Target, find_config_file, load_config
+from .hardware import HardwareContext, inventory_from_env_or_option
+from .servers.lifecycle import ServerPool
+
+SESSION_KEY = pytest.StashKey["LlmserveSession"]()
+
+
+@dataclass
+class ResultEntry:
+    """One finished check, kept for the terminal summary and reports."""
+
+    nodeid: str
+    target: str
+    kind: str  # slo | equivalence | accuracy | graphs
+    passed: bool
+    table: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LlmserveSession:
+    """Built once in pytest_configure; every hook and fixture goes through it."""
+
+    config: LlmserveConfig
+    selected: list[Target]
+    hardware: HardwareContext
+    store: BaselineStore
+    pool: ServerPool
+    requests_override: int | None
+    report_json: Path | None
+    report_md: Path | None
+    results: list[ResultEntry] = field(default_factory=list)
+    collected_ids: set[str] = field(default_factory=set)
+    leftovers: dict[str, list[int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_pytest(cls, pconfig: pytest.Config, progress: Callable[[str], None]) -> LlmserveSession:
+        """Read options and config; any problem becomes one UsageError line."""
+        rootdir = Path(pconfig.rootpath)
+        explicit = options.resolve(pconfig, "llmserve_config")
+        try:
+            path = Path(explicit) if explicit else find_config_file(rootdir)
+            cfg = load_config(path)
+            names = options.resolve(pconfig, "llmserve_target") or []
+            selected = [cfg.target(n) for n in dict.fromkeys(names)] if names else list(cfg.targets)
+        except ConfigError as exc:
+            raise pytest.UsageError(f"llmserve config error: {exc}") from None
+        try:
+            hardware = inventory_from_env_or_option(options.resolve(pconfig, "llmserve_hardware"), config_value=cfg.hardware)
+        except ValueError as exc:
+            raise pytest.UsageError(f"llmserve: {exc}") from None
+        base_dir = path.parent if path else rootdir
+        baselines = options.resolve(pconfig, "llmserve_baselines_dir") or cfg.baselines_dir or "baselines"
+        log_dir = options.resolve(pconfig, "llmserve_log_dir")
+        log_path = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="llmserve-logs-"))
+        json_path, md_path = (options.resolve(pconfig, k) for k in ("llmserve_report_json", "llmserve_report_md"))
+        return cls(
+            config=cfg,
+            selected=selected,
+            hardware=hardware,
+            store=BaselineStore(
+                root=(base_dir / baselines).resolve(),
+                hardware=hardware.label,
+                update=bool(options.resolve(pconfig, "llmserve_update_baselines")),
+            ),
+            pool=ServerPool(log_dir=log_path, progress=progress),
+            requests_override=options.resolve(pconfig, "llmserve_requests"),
+            report_json=Path(json_path) if json_path else None,
+            report_md=Path(md_path) if md_path else None,
+        )
+
+    def shutdown(self) -> None:
+        """Stop every server (whole process trees) and write the report files asked for."""
+        self.leftovers = self.pool.stop_all()
+        from .report import write_reports
+
+        write_reports(self)
+
+    def target_tolerances(self, target: Target) -> dict:
+        """Project-wide tolerances overlaid with the target's own."""
+        return {**self.config.tolerance, **target.tolerance}
+
+
+def get_session(pconfig: pytest.Config) -> LlmserveSession:
+    return pconfig.stash[SESSION_KEY]
