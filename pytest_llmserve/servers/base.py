@@ -45,6 +45,7 @@ class LaunchPlan:
     metrics_url: str | None = None
     cwd: Path | None = None
     files: dict[Path, str] = field(default_factory=dict)  # files to write before launch (e.g. YAML options)
+    lists_models: bool = True  # serves OpenAI GET /v1/models, so the served name can be checked
 
 
 class Backend(Protocol):
@@ -68,6 +69,11 @@ class ServerHandle:
     log_path: Path | None = None
     metrics_url: str | None = None
     startup_s: float | None = None
+    workdir: Path | None = None
+
+    def workdir_file(self, relative: str) -> Path | None:
+        """A file the backend generated for this server (e.g. a Triton model repository entry)."""
+        return self.workdir / relative if self.workdir else None
 
     def alive(self) -> bool:
         """Managed servers: the process runs. External servers are assumed alive."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import Target
-from .base import Backend, ServerHandle, ServerStartError, describe_exit
+from .base import Backend, LaunchPlan, ServerHandle, ServerStartError, describe_exit
 from .openai import OpenAIBackend
 from .probes import served_models
 from .process import ManagedProcess, free_port, read_tail
@@ -80,7 +80,7 @@ def start_server(target: Target, log_dir: Path, progress: Callable[[str], None] 
     if not target.is_managed:
         plan = backend.plan(target, 0, log_dir)
         handle = ServerHandle(target=target, base_url=plan.base_url, model=target.model_name, metrics_url=plan.metrics_url)
-        _wait_ready(handle, plan.probes, target.startup_timeout_s)
+        _wait_ready(handle, plan, target.startup_timeout_s)
         return handle
     last_error: ServerStartError | None = None
     for attempt in range(1, PORT_ATTEMPTS + 1):
@@ -96,10 +96,10 @@ def start_server(target: Target, log_dir: Path, progress: Callable[[str], None] 
         process = ManagedProcess.spawn(plan.argv, plan.env, log_path, cwd=plan.cwd)
         handle = ServerHandle(
             target=target, base_url=plan.base_url, model=target.model_name,
-            process=process, log_path=log_path, metrics_url=plan.metrics_url,
+            process=process, log_path=log_path, metrics_url=plan.metrics_url, workdir=workdir,
         )
         try:
-            _wait_ready(handle, plan.probes, target.startup_timeout_s)
+            _wait_ready(handle, plan, target.startup_timeout_s)
         except ServerStartError as exc:
             process.terminate_tree()
             if backend.is_port_collision(read_tail(log_path, 200)) and attempt < PORT_ATTEMPTS:
@@ -115,15 +115,15 @@ def start_server(target: Target, log_dir: Path, progress: Callable[[str], None] 
     raise last_error
 
 
-def _wait_ready(handle: ServerHandle, probes: tuple, timeout_s: float) -> None:
+def _wait_ready(handle: ServerHandle, plan: LaunchPlan, timeout_s: float) -> None:
     """Run the probes in order until each passes; fail at once if the process exits.
 
     After the first probe (the server answers HTTP) the served model name is checked, so a
     wrong name fails at once instead of timing out in the completion probe.
     """
     deadline = time.monotonic() + timeout_s
-    for index, probe in enumerate(probes):
-        if index == 1:
+    for index, probe in enumerate(plan.probes):
+        if index == 1 and plan.lists_models:
             _check_model_name(handle)
         reason: str | None = "not tried"
         while True:

@@ -1,0 +1,255 @@
+"""Server-side metrics during a load run: scrape before, during (background thread) and after, then summarise.
+
+Sources, recognised by what the endpoint returns:
+* vLLM `/metrics` (Prometheus): `vllm:kv_cache_usage_perc` (a fraction, 1 = full, despite the
+  name), `vllm:num_requests_running`, `vllm:num_requests_waiting`, `vllm:num_preemptions_total`,
+  `vllm:request_queue_time_seconds_{sum,count}`.
+* trtllm-serve `/prometheus/metrics` (needs `return_perf_metrics: true`): `trtllm_kv_cache_utilization`,
+  `trtllm_num_requests_running` / `_waiting`, `trtllm_num_paused_requests`,
+  `trtllm_request_queue_time_seconds_{sum,count}`.
+* trtllm-serve `/metrics` (JSON iteration stats, needs `enable_iter_perf_stats`): per iteration
+  `kvCacheStats.{usedNumBlocks,maxNumBlocks}`, `numActiveRequests`, `numQueuedRequests`,
+  `inflightBatchingStats.numPausedRequests`. The server keeps only recent iterations and each read
+  drains them, so the sampler sees the iterations since its previous read; an idle server holds
+  the read up to 2 s (`get_stats_async(2)`), hence the 5 s default timeout.
+* Triton `:8002/metrics`: `nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction"}` (or used/max),
+  `nv_trt_llm_request_metrics{request_type="active"|"waiting"}`, `nv_inference_pending_request_count`,
+  `nv_inference_queue_duration_us` over `nv_inference_request_success` + `_failure`.
+Text is parsed with prometheus_client's `text_string_to_metric_families`. TensorRT-LLM has no
+preemption counter; paused requests (its name for preempted ones) are reported as `paused_max`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import httpx
+
+KV_HIGH = 0.95
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One scrape, reduced to the canonical quantities (absent ones are missing from `values`)."""
+
+    t_ns: int
+    source: str
+    values: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class MetricsSummary:
+    """What the server said about itself during a run; `warnings` flag saturation and preemption."""
+
+    source: str
+    samples: int
+    errors: int
+    kv_usage_max: float | None
+    kv_usage_mean: float | None
+    kv_high_fraction: float | None  # share of samples with KV usage above 95 %
+    running_max: float | None
+    waiting_max: float | None
+    paused_max: float | None
+    preemptions_delta: float | None
+    queue_time_mean_s: float | None  # mean over requests that finished queueing during the run
+    warnings: tuple[str, ...] = ()
+
+    def table(self) -> str:
+        def fmt(v: float | None, pct: bool = False) -> str:
+            return "n/a" if v is None else (f"{100 * v:.1f} %" if pct else f"{v:g}")
+
+        rows = [("source", self.source), ("samples (errors)", f"{self.samples} ({self.errors})"),
+                ("KV usage max / mean", f"{fmt(self.kv_usage_max, True)} / {fmt(self.kv_usage_mean, True)}"),
+                ("running max", fmt(self.running_max)), ("waiting max", fmt(self.waiting_max)),
+                ("paused max", fmt(self.paused_max)), ("preemptions", fmt(self.preemptions_delta)),
+                ("queue time mean", "n/a" if self.queue_time_mean_s is None else f"{1000 * self.queue_time_mean_s:.2f} ms")]
+        lines = [f"{k:<22} {v}" for k, v in rows] + [f"WARNING: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def parse_prometheus(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Sample name -> [(labels, value)], via prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((dict(s.labels), float(s.value)))
+    return out
+
+
+def canonical_from_prometheus(samples: Mapping[str, list[tuple[dict[str, str], float]]]) -> tuple[str, dict[str, float]]:
+    """(source, canonical values) from parsed Prometheus samples."""
+
+    def rows(name: str, match: Mapping[str, str]) -> list[float]:
+        # prometheus_client names counter samples `<name>_total` even when the server wrote `<name>`
+        alt = name[: -len("_total")] if name.endswith("_total") else name + "_total"
+        found = samples.get(name) or samples.get(alt) or []
+        return [v for labels, v in found if all(labels.get(k) == w for k, w in match.items())]
+
+    def total(name: str, **match: str) -> float | None:
+        found = rows(name, match)
+        return sum(found) if found else None
+
+    def biggest(name: str, **match: str) -> float | None:
+        found = rows(name, match)
+        return max(found) if found else None
+
+    vals: dict[str, float | None]
+    if any(n.startswith("vllm:") for n in samples):
+        kv = biggest("vllm:kv_cache_usage_perc")
+        vals = {"kv_usage": kv if kv is not None else biggest("vllm:gpu_cache_usage_perc"),
+                "running": total("vllm:num_requests_running"), "waiting": total("vllm:num_requests_waiting"),
+                "preemptions_total": total("vllm:num_preemptions_total"),
+                "queue_time_sum_s": total("vllm:request_queue_time_seconds_sum"),
+                "queue_time_count": total("vllm:request_queue_time_seconds_count")}
+        source = "vllm"
+    elif any(n.startswith("trtllm_") for n in samples):
+        vals = {"kv_usage": biggest("trtllm_kv_cache_utilization"), "running": total("trtllm_num_requests_running"),
+                "waiting": total("trtllm_num_requests_waiting"), "paused": total("trtllm_num_paused_requests"),
+                "queue_time_sum_s": total("trtllm_request_queue_time_seconds_sum"),
+                "queue_time_count": total("trtllm_request_queue_time_seconds_count")}
+        source = "trtllm"
+    elif any(n.startswith("nv_") for n in samples):
+        kv = biggest("nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="fraction")
+        if kv is None:
+            used = total("nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="used")
+            cap = total("nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="max")
+            kv = used / cap if used is not None and cap else None
+        running = total("nv_trt_llm_request_metrics", request_type="active")
+        queue_us = total("nv_inference_queue_duration_us")
+        done = [x for x in (total("nv_inference_request_success"), total("nv_inference_request_failure")) if x is not None]
+        vals = {"kv_usage": kv,
+                "running": running if running is not None else total("nv_inference_pending_request_count"),
+                "waiting": total("nv_trt_llm_request_metrics", request_type="waiting"),
+                "queue_time_sum_s": queue_us / 1e6 if queue_us is not None else None,
+                "queue_time_count": sum(done) if done else None}
+        source = "triton"
+    else:
+        return "unknown", {}
+    return source, {k: v for k, v in vals.items() if v is not None}
+
+
+def canonical_from_iteration_stats(stats: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """trtllm-serve `/metrics` JSON: the peak of each quantity over the iterations returned."""
+    out: dict[str, float] = {}
+
+    def peak(key: str, value: Any) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = max(out.get(key, float(value)), float(value))
+
+    for it in stats:
+        kv = it.get("kvCacheStats") or {}
+        if kv.get("maxNumBlocks"):
+            peak("kv_usage", kv.get("usedNumBlocks", 0) / kv["maxNumBlocks"])
+        peak("running", it.get("numActiveRequests"))
+        peak("waiting", it.get("numQueuedRequests"))
+        peak("paused", (it.get("inflightBatchingStats") or {}).get("numPausedRequests"))
+    return out
+
+
+def parse_payload(body: str, content_type: str = "") -> tuple[str, dict[str, float]]:
+    """Either format of a metrics endpoint body."""
+    stripped = body.lstrip()
+    if "json" in content_type or stripped.startswith(("[", "{")):
+        data = json.loads(body)
+        return "trtllm-iteration-stats", canonical_from_iteration_stats(data if isinstance(data, list) else [data])
+    return canonical_from_prometheus(parse_prometheus(body))
+
+
+def summarize_samples(samples: list[Sample], errors: int = 0, kv_high: float = KV_HIGH) -> MetricsSummary:
+    """Peaks, means and deltas; warns when KV usage is above `kv_high` in at least half the samples
+    (it "stays" high rather than touching it once) or when any preemption happened."""
+    def series(key: str) -> list[float]:
+        return [s.values[key] for s in samples if key in s.values]
+
+    kv = series("kv_usage")
+    warnings: list[str] = []
+    high = sum(1 for v in kv if v > kv_high) / len(kv) if kv else None
+    if high is not None and len(kv) >= 2 and high >= 0.5:
+        warnings.append(f"KV cache usage stayed above {kv_high:.0%} in {high:.0%} of {len(kv)} samples "
+                        f"(max {max(kv):.1%}): the server is memory-bound; latency includes queueing/preemption")
+    pre = series("preemptions_total")
+    preemptions = pre[-1] - pre[0] if len(pre) >= 2 else None
+    if preemptions is not None and preemptions < 0:
+        warnings.append("the preemption counter went down during the run (server restarted?)")
+        preemptions = None
+    if preemptions:
+        warnings.append(f"{preemptions:g} preemptions during the run: requests were evicted and recomputed")
+    paused = series("paused")
+    if paused and max(paused) > 0:
+        warnings.append(f"up to {max(paused):g} requests paused (preempted) at once")
+    qsum, qcount = series("queue_time_sum_s"), series("queue_time_count")
+    queue_mean = None
+    if len(qsum) >= 2 and len(qcount) >= 2 and qcount[-1] > qcount[0]:
+        queue_mean = (qsum[-1] - qsum[0]) / (qcount[-1] - qcount[0])
+    return MetricsSummary(
+        source=samples[0].source if samples else "none", samples=len(samples), errors=errors,
+        kv_usage_max=max(kv) if kv else None, kv_usage_mean=sum(kv) / len(kv) if kv else None, kv_high_fraction=high,
+        running_max=max(series("running"), default=None), waiting_max=max(series("waiting"), default=None),
+        paused_max=max(paused, default=None), preemptions_delta=preemptions, queue_time_mean_s=queue_mean,
+        warnings=tuple(warnings),
+    )
+
+
+@dataclass
+class MetricsSampler:
+    """Scrape `url` every `interval_s` on a background thread between `start()` and `stop()`.
+
+    `start()` takes a first sample before returning and `stop()` a last one after the thread ends,
+    so counters have a before/after pair even for runs shorter than one interval.
+    """
+
+    url: str
+    interval_s: float = 0.5
+    timeout_s: float = 5.0
+    samples: list[Sample] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    summary: MetricsSummary | None = None  # set by stop()
+
+    def __post_init__(self) -> None:
+        self._client = httpx.Client(timeout=self.timeout_s)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample_once(self) -> Sample | None:
+        try:
+            response = self._client.get(self.url)
+            response.raise_for_status()
+            source, values = parse_payload(response.text, response.headers.get("content-type", ""))
+        except Exception as exc:  # noqa: BLE001 - a failed scrape is counted, never fatal to the run
+            self.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+            return None
+        sample = Sample(t_ns=time.time_ns(), source=source, values=values)
+        self.samples.append(sample)
+        return sample
+
+    def start(self) -> MetricsSampler:
+        self.sample_once()
+        self._thread = threading.Thread(target=self._loop, name="llmserve-metrics", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample_once()
+
+    def stop(self) -> MetricsSummary:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.timeout_s + self.interval_s + 1)
+        self.sample_once()
+        self._client.close()
+        self.summary = summarize_samples(self.samples, errors=len(self.errors))
+        return self.summary
+
+    def __enter__(self) -> MetricsSampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._stop.is_set():
+            self.stop()

@@ -1,0 +1,1 @@
+# Stand-in for tensorrtllm_backend's python-backend model.py (not run in contract tests).
