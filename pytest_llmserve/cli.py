@@ -1,0 +1,170 @@
+"""`llmserve` command line: `llmserve load --url URL --concurrency C --requests N --output-len L --json PATH`.
+
+Exit status of `load`: 0 when the run is valid, 1 when it ran but is invalid (client could not keep
+up, token counts mismatched, every request failed), 2 for usage errors or an unreachable server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .load import ClientOptions, LoadSpec, RunResult, load_prompts, run_load
+
+
+def _models(url: str, headers: dict[str, str]) -> list[str]:
+    import httpx
+
+    base = url.rstrip("/")
+    base = base[:-3] if base.endswith("/v1") else base
+    resp = httpx.get(f"{base}/v1/models", headers=headers, timeout=10.0)
+    resp.raise_for_status()
+    return [m["id"] for m in resp.json().get("data", []) if isinstance(m, dict) and "id" in m]
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmserve", description="pytest-llmserve tools")
+    sub = p.add_subparsers(dest="command", required=True)
+    # listed here for --help; main() hands their arguments to sweep.main / promotion_run.main
+    sub.add_parser("sweep", help="concurrency sweep of one or more targets: curves, crossovers, PNG/JSON/Markdown",
+                   add_help=False)
+    sub.add_parser("promote", help="promotion gate, candidate vs incumbent: exit 0 pass, 1 regression, "
+                   "2 inconclusive", add_help=False)
+    ld = sub.add_parser("load", help="drive streaming load against an OpenAI-compatible server",
+                        description="Streaming load with exact (kernel) timestamps; prints a table, writes JSON.")
+    ld.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
+    ld.add_argument("--model", help="model name (default: the first of GET /v1/models)")
+    ld.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    ld.add_argument("--concurrency", type=int, help="requests in flight (closed loop); with --rate, a cap")
+    ld.add_argument("--rate", type=float, help="requests/s (open loop)")
+    ld.add_argument("--arrival", choices=("poisson", "constant"), default="poisson")
+    ld.add_argument("--requests", type=int, help="measured requests (default 32 unless --duration)")
+    ld.add_argument("--duration", type=float, help="seconds of load instead of a request count")
+    ld.add_argument("--warmup", type=int, default=2, help="requests sent first, excluded from statistics")
+    ld.add_argument("--prompt-len", type=int, default=64, help="synthetic prompt length in tokens")
+    ld.add_argument("--output-len", type=int, required=True, help="tokens to decode per request")
+    ld.add_argument("--prompts-file", help='JSONL, one {"prompt": "text" | [token ids]} per line')
+    ld.add_argument("--vocab-size", type=int, help="model vocabulary size (bounds synthetic token ids)")
+    ld.add_argument("--no-ignore-eos", action="store_true", help="do not force matched work (ignore_eos, min_tokens)")
+    ld.add_argument("--timeout", type=float, default=120.0, help="per-request timeout and longest stall, seconds")
+    ld.add_argument("--seed", type=int, default=0)
+    ld.add_argument("--extra-body", help="JSON object merged into every request body")
+    ld.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="extra request header")
+    ld.add_argument("--workers", type=int, default=1, help="client processes (use spare cores only)")
+    ld.add_argument("--json", dest="json_path", help="write the result here as JSON")
+    ld.add_argument("--records", action="store_true", help="include per-request records in the JSON")
+    ld.add_argument("--quiet", action="store_true", help="no table on stdout")
+    tech = ld.add_argument_group("client techniques (for ablation; defaults are the measured best)")
+    tech.add_argument("--http-parser", choices=("auto", "httptools", "h11"), default="auto")
+    tech.add_argument("--no-kernel-timestamps", action="store_true", help="stamp arrivals after each read instead")
+    tech.add_argument("--no-uvloop", action="store_true")
+    tech.add_argument("--no-gc-freeze", action="store_true")
+    return p
+
+
+def _spec_from_args(a: argparse.Namespace) -> LoadSpec:
+    if a.requests is not None and a.duration is not None:
+        raise ValueError("give --requests or --duration, not both")
+    extra = None
+    if a.extra_body:
+        extra = json.loads(a.extra_body)
+        if not isinstance(extra, dict):
+            raise ValueError("--extra-body must be a JSON object, e.g. '{\"temperature\": 0}'")
+    spec = LoadSpec(
+        endpoint=a.endpoint,
+        concurrency=a.concurrency if a.concurrency is not None else (None if a.rate is not None else 1),
+        rate=a.rate, arrival=a.arrival,
+        requests=a.requests if a.requests is not None or a.duration is not None else 32,
+        duration_s=a.duration, warmup=a.warmup, input_len=a.prompt_len, output_len=a.output_len,
+        prompts=load_prompts(a.prompts_file) if a.prompts_file else None,
+        ignore_eos=not a.no_ignore_eos, request_timeout_s=a.timeout, seed=a.seed, extra_body=extra,
+        vocab_size=a.vocab_size,
+    )
+    spec.validate()
+    return spec
+
+
+def _headers(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in items:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"--header {item!r}: use NAME:VALUE, e.g. 'authorization: Bearer sk-...'")
+        out.append((name.strip().lower(), value.strip()))
+    return tuple(out)
+
+
+def format_table(result: RunResult) -> str:
+    """Human summary of a run: percentiles per metric, throughput, errors, self-check verdict."""
+    s, c = result.summary, result.client_check
+    rows = [("TTFT", s.ttft_ms), ("ITL", s.itl_ms), ("TPOT", s.tpot_ms), ("E2E", s.e2e_ms)]
+    if s.ttft_from_schedule_ms is not None:
+        rows += [("TTFT from schedule", s.ttft_from_schedule_ms), ("E2E from schedule", s.e2e_from_schedule_ms)]
+
+    def f(x: float) -> str:
+        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
+
+    lines = [f"{'metric (ms)':<20}{'p50':>10}{'p90':>10}{'p95':>10}{'p99':>10}{'mean':>10}{'n':>8}"]
+    for name, p in rows:
+        lines.append(f"{name:<20}{f(p.p50):>10}{f(p.p90):>10}{f(p.p95):>10}{f(p.p99):>10}{f(p.mean):>10}{p.n:>8}")
+    lines.append(f"output {s.output_tok_s:.1f} tok/s, {s.requests_s:.2f} req/s, {s.completed}/{s.requests} ok "
+                 f"in {s.duration_s:.2f} s, error rate {s.error_rate:.2%}"
+                 + (f" ({', '.join(f'{k} x{n}' for k, n in s.errors.items())})" if s.errors else ""))
+    lag = (f"send lag p99 {c.send_lag_p99_ms:.2f} ms" if c.send_lag_p99_ms is not None
+           else f"turnaround p99 {c.turnaround_p99_ms:.2f} ms")
+    lines.append(f"client: loop lag p99 {c.loop_lag_p99_ms:.2f} ms, read lag p99 {c.read_lag_p99_ms:.2f} ms, {lag}, "
+                 f"merged chunks {c.merged_token_frac:.2%}, kernel timestamps {'on' if c.kernel_timestamps else 'off'}")
+    lines.append("VALID" if result.valid else "INVALID: " + "; ".join(result.invalid_reasons))
+    return "\n".join(lines)
+
+
+def _load(a: argparse.Namespace) -> int:
+    try:
+        spec = _spec_from_args(a)
+        headers = _headers(a.header)
+        model = a.model
+        if model is None:
+            models = _models(a.url, dict(headers))
+            if not models:
+                raise ValueError(f"{a.url}/v1/models lists no model; pass --model NAME")
+            model = models[0]
+        options = ClientOptions(kernel_timestamps=not a.no_kernel_timestamps, uvloop=not a.no_uvloop,
+                                gc_freeze=not a.no_gc_freeze, http_parser=a.http_parser, workers=a.workers,
+                                headers=headers)
+        result = run_load(a.url, model, spec, options=options)
+    except (ValueError, ConnectionError, OSError) as exc:
+        print(f"llmserve load: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # httpx errors while discovering the model
+        if type(exc).__module__.startswith("httpx"):
+            print(f"llmserve load: cannot list models at {a.url}/v1/models ({exc}); pass --model NAME",
+                  file=sys.stderr)
+            return 2
+        raise
+    if a.json_path:
+        out = result.to_dict(include_records=a.records)
+        out["model"], out["url"] = model, a.url
+        Path(a.json_path).write_text(json.dumps(out, indent=2) + "\n")
+    if not a.quiet:
+        print(format_table(result))
+    return 0 if result.valid else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("sweep", "promote"):  # these parse their own arguments (exit 3 on bad ones)
+        from . import promotion_run, sweep
+
+        return (sweep.main if argv[0] == "sweep" else promotion_run.main)(argv[1:])
+    args = _build_parser().parse_args(argv)
+    if args.command == "load":
+        return _load(args)
+    return 2  # pragma: no cover - argparse enforces the subcommand
+
+
+if __name__ == "__main__":
+    sys.exit(main())
