@@ -1,0 +1,217 @@
+"""The near-tie tolerance: unit roundoff per precision, scaled by logit magnitude and depth, per target.
+
+A logit L held in a format with unit roundoff u is off by up to u|L|
+from its final rounding alone, so the pair's log-odds can move 2u|L| before any upstream error;
+errors made in each of n layers reach the residual stream and add roughly in quadrature. Hence
+
+    tolerance = scale * u(precision) * max(1, |L|) * sqrt(n_layers)
+
+with |L| the largest |logit| among the reference's top-k at that step (recorded by the reference
+runner; logprobs alone cannot recover it), u = 2^-24 fp32, 2^-11 fp16, 2^-8 bf16, 2^-7 int8
+weights, 2^-4 fp8 e4m3, 2^-3 fp8 e5m2 / int4 weights, 2^-2 fp4.
+
+``scale`` defaults to 5, from measurements on the 4 M-parameter tiny Llama (4 layers, |L| 8-21),
+in units of u*|L|*sqrt(n): Hugging Face bf16 vs fp32, 2,304 greedy steps x 4 top-k pairs, moved a
+pair's log-odds by p99 1.3, p99.9 2.1, max 3.7; the CPU vLLM (bf16) vs the fp32 reference, 13,073
+pairs on agreed positions of 64 prompts x 64 tokens, p99 1.2, p99.9 2.0, max 3.7, and its 24
+flips had swings of at most 1.7. 5 is 1.35x the largest error seen, so a tie flips into a hard
+mismatch only in the far tail; REFERENCE.md's bf16 flips at reference gaps 0.008-0.129 nats sit
+well inside (bf16 at |L| = 10: 0.39 nats). The price: noise of 0.1 / 0.25 / 0.5x std on one layer
+of the same model gave 1 / 1 / 6 hard mismatches (and 2 / 7 / 5 accepted ties) on 32 prompts x
+32 tokens with HF fp32 as the candidate -- still caught, by fewer prompts than at scale 4 (2 / 2 / 7).
+
+The depth factor is a heuristic (errors of independent layers adding in quadrature); a target
+can override ``tolerance_scale``, ``precision`` or a fixed ``tolerance_nats`` in its
+``options.equivalence`` table. For fp8 and int4 the tolerance grows to whole nats: token
+equivalence then mostly checks top-k membership, and the paired accuracy gate is the real gate
+for those precisions.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from ..config import Target
+
+UNIT_ROUNDOFF: Mapping[str, float] = {
+    "float32": 2.0**-24,
+    "float16": 2.0**-11,
+    "bfloat16": 2.0**-8,
+    "int8": 2.0**-7,  # per-channel weight quantization: half a step of 1/127 of the row max, doubled for typical values
+    "fp8": 2.0**-4,  # e4m3: 3 mantissa bits
+    "fp8_e5m2": 2.0**-3,
+    "int4": 2.0**-3,
+    "fp4": 2.0**-2,  # e2m1 (NVFP4 / MXFP4)
+}
+_ALIASES = {
+    "fp32": "float32", "float": "float32", "f32": "float32",
+    "fp16": "float16", "half": "float16", "f16": "float16",
+    "bf16": "bfloat16",
+    "fp8_e4m3": "fp8", "e4m3": "fp8", "float8_e4m3fn": "fp8", "fp8e4m3": "fp8",
+    "e5m2": "fp8_e5m2", "float8_e5m2": "fp8_e5m2",
+    "nvfp4": "fp4", "mxfp4": "fp4",
+}
+DEFAULT_TOLERANCE_SCALE = 5.0
+DEFAULT_TOP_K = 5
+DEFAULT_MAX_TOKENS = 64
+DEFAULT_MIN_EXACT_MATCH_RATE = 0.5
+SETTINGS_KEYS = ("top_k", "max_tokens", "tolerance_nats", "tolerance_scale", "precision",
+                 "min_exact_match_rate", "prompts")
+
+
+def normalize_precision(name: str) -> str:
+    """Canonical precision name ('bf16' -> 'bfloat16'); a ValueError lists the known names."""
+    key = name.strip().lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    if key not in UNIT_ROUNDOFF:
+        known = ", ".join(sorted(set(UNIT_ROUNDOFF) | set(_ALIASES)))
+        raise ValueError(f"unknown precision {name!r}; known: {known}")
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class ToleranceModel:
+    """How far a pair's log-odds may swing at a step: scale * u * max(1, |logit|) * sqrt(layers), or fixed."""
+
+    precision: str = "bfloat16"
+    n_layers: int = 1
+    scale: float = DEFAULT_TOLERANCE_SCALE
+    fixed_nats: float | None = None
+
+    def at(self, logit_scale: float | None) -> float:
+        """The tolerance (nats) for a step whose largest top-k |logit| is `logit_scale` (None: 1)."""
+        if self.fixed_nats is not None:
+            return self.fixed_nats
+        magnitude = max(1.0, abs(logit_scale)) if logit_scale is not None and math.isfinite(logit_scale) else 1.0
+        return self.scale * UNIT_ROUNDOFF[self.precision] * magnitude * math.sqrt(max(1, self.n_layers))
+
+    def describe(self) -> str:
+        if self.fixed_nats is not None:
+            return f"fixed {self.fixed_nats:g} nats"
+        exponent = -round(math.log2(UNIT_ROUNDOFF[self.precision]))
+        return f"{self.scale:g} x 2^-{exponent} ({self.precision}) x max(1,|logit|) x sqrt({self.n_layers} layers)"
+
+
+# ----------------------------------------------------------------------------- settings
+@dataclass(frozen=True, slots=True)
+class EquivalenceSettings:
+    """A target's `options.equivalence` table (every key optional)."""
+
+    top_k: int = DEFAULT_TOP_K
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    tolerance_nats: float | None = None
+    tolerance_scale: float = DEFAULT_TOLERANCE_SCALE
+    precision: str | None = None
+    min_exact_match_rate: float = DEFAULT_MIN_EXACT_MATCH_RATE
+    prompts: str | None = None
+
+    @classmethod
+    def from_target(cls, target: Target) -> EquivalenceSettings:
+        """Read `options.equivalence` of `target`; errors name the target, key and value."""
+        raw = target.options.get("equivalence", {})
+        try:
+            return cls.from_mapping(raw)
+        except ValueError as exc:
+            raise ValueError(f"{target.source}: target {target.name!r} options.equivalence: {exc}") from None
+
+    @classmethod
+    def from_mapping(cls, raw: Any) -> EquivalenceSettings:
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"must be a table with keys {', '.join(SETTINGS_KEYS)}, got {raw!r}")
+        unknown = sorted(set(raw) - set(SETTINGS_KEYS))
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(SETTINGS_KEYS)}")
+        for key in ("top_k", "max_tokens"):
+            value = raw.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{key} = {value!r} must be an integer >= 1")
+        for key in ("tolerance_nats", "tolerance_scale"):
+            value = raw.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise ValueError(f"{key} = {value!r} must be a non-negative number (nats)" if key == "tolerance_nats"
+                                 else f"{key} = {value!r} must be a non-negative number")
+        rate = raw.get("min_exact_match_rate")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1):
+            raise ValueError(f"min_exact_match_rate = {rate!r} must be a number between 0 and 1")
+        precision = raw.get("precision")
+        if precision is not None:
+            precision = normalize_precision(str(precision))
+        return cls(
+            top_k=raw.get("top_k", DEFAULT_TOP_K),
+            max_tokens=raw.get("max_tokens", DEFAULT_MAX_TOKENS),
+            tolerance_nats=float(raw["tolerance_nats"]) if raw.get("tolerance_nats") is not None else None,
+            tolerance_scale=float(raw.get("tolerance_scale", DEFAULT_TOLERANCE_SCALE)),
+            precision=precision,
+            min_exact_match_rate=float(raw.get("min_exact_match_rate", DEFAULT_MIN_EXACT_MATCH_RATE)),
+            prompts=raw.get("prompts"),
+        )
+
+
+# ----------------------------------------------------------------------------- target precision
+def precision_of(target: Target, log_text: str = "") -> str:
+    """The coarsest numeric format on the target's path, as a UNIT_ROUNDOFF key.
+
+    `options.equivalence.precision` wins; otherwise what the engine itself records, via
+    pytest_llmserve.precision (the vLLM startup log when given, a TensorRT-LLM engine config.json
+    in `engine.dir` or the model dir -- `pretrained_config.dtype` and quantization algos --, a
+    ModelOpt hf_quant_config.json, or `options.precision`); failing those, the target's `dtype`
+    (else "bfloat16") and vLLM `--quantization` / `--kv-cache-dtype` flags. Of the dtype, the weight
+    quantization and the KV-cache quantization, the coarsest bounds the error.
+    """
+    from .. import precision as engine_precision
+
+    table = target.options.get("equivalence")
+    if isinstance(table, Mapping) and table.get("precision"):
+        return normalize_precision(str(table["precision"]))
+    try:
+        info = engine_precision.precision_of(target, log_text)
+        found = [_precision_or_none(info.dtype) or "bfloat16",
+                 _quant_precision(info.quant_algo), _quant_precision(info.kv_cache_quant_algo)]
+    except engine_precision.PrecisionUnknown:
+        dtype = target.dtype if target.dtype and target.dtype != "auto" else "bfloat16"
+        found = [_precision_or_none(dtype) or "bfloat16"]
+        found += [_quant_precision(v) for v in _flag_values(target.args, ("--quantization", "-q", "--kv-cache-dtype"))]
+    known = [p for p in found if p in UNIT_ROUNDOFF]
+    return max(known, key=lambda p: UNIT_ROUNDOFF[p]) if known else "bfloat16"
+
+
+def _flag_values(args: Sequence[str], flags: Sequence[str]) -> list[str]:
+    """Values of `--flag value` and `--flag=value` arguments."""
+    out = []
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in flags and eq:
+            out.append(value)
+        elif arg in flags and i + 1 < len(args):
+            out.append(args[i + 1])
+    return out
+
+
+def _precision_or_none(name: str) -> str | None:
+    try:
+        return normalize_precision(name)
+    except ValueError:
+        return None
+
+
+def _quant_precision(algo: Any) -> str | None:
+    """Map a quantization name (TRT-LLM quant_algo, vLLM --quantization / --kv-cache-dtype) to a precision."""
+    if not algo or str(algo).lower() in ("auto", "none"):
+        return None
+    name = str(algo).upper()
+    if "FP4" in name or "MXFP4" in name:
+        return "fp4"
+    if "E5M2" in name:
+        return "fp8_e5m2"
+    if "FP8" in name:
+        return "fp8"
+    if re.search(r"W4|INT4|AWQ|GPTQ", name):
+        return "int4"
+    if re.search(r"W8|INT8|SMOOTH|SQ", name):
+        return "int8"
+    return None
+
+
