@@ -1,0 +1,180 @@
+"""Progress lines during long runs, written so that pytest (captured output, -q, xdist) still shows them.
+
+    emit = pytest_emitter(config)                  # or print_emitter() outside pytest
+    with Heartbeat(emit, "tiny-vllm c=16", total=256, interval_s=10, status=counter):
+        run_load(...)
+    # -> "llmserve: tiny-vllm c=16 120/256 requests, 3 errors, 12.3 s"
+
+Why a thread: `run_load` offers no progress callback, so a heartbeat thread reports elapsed time and,
+when a `status` callable is given (e.g. `ServerRequestCounter`, which reads the server's own
+finished-request counter), how many requests are done. When the load client gains a callback, pass
+it `Heartbeat.update` and drop the counter.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import httpx
+
+Emit = Callable[[str], None]
+_EMIT_LOCK = threading.Lock()  # the heartbeat thread and the main thread may both write
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """How far a run is: requests done (None: unknown), errors among them (None: unknown)."""
+
+    done: int | None = None
+    errors: int | None = None
+
+
+def format_progress(label: str, elapsed_s: float, total: int | None = None, snap: Snapshot = Snapshot(),
+                    source: str = "") -> str:
+    """One line: 'llmserve: LABEL 120/256 requests, 3 errors, 12.3 s'."""
+    parts = [f"llmserve: {label}"]
+    if snap.done is not None:
+        parts.append(f"{snap.done}/{total} requests" if total else f"{snap.done} requests")
+        if source:
+            parts[-1] += f" ({source})"
+    elif total:
+        parts.append(f"running {total} requests")
+    line = " ".join(parts)
+    if snap.errors is not None:
+        line += f", {snap.errors} error{'s' if snap.errors != 1 else ''}"
+    return f"{line}, {elapsed_s:.1f} s"
+
+
+def print_emitter(stream: Any = None) -> Emit:
+    """Write lines to a stream (default stderr, so stdout stays clean for tables and JSON)."""
+
+    def emit(msg: str) -> None:
+        out = stream or sys.stderr
+        with _EMIT_LOCK:
+            out.write(msg + "\n")
+            out.flush()
+
+    return emit
+
+
+def pytest_emitter(config: Any) -> Emit:
+    """Lines through pytest's terminal reporter, with output capture suspended while writing.
+
+    Without the suspension a line written during a test is captured and never shown. Under xdist a
+    worker has no terminal reporter; its stderr is the controller's terminal, so the line goes there
+    with the worker id in front. The reporter is looked up at each call: it does not exist yet when
+    plugins' pytest_configure run (a reporter captured then is None).
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+
+    def emit(msg: str) -> None:
+        pm = config.pluginmanager
+        capman, reporter = pm.get_plugin("capturemanager"), pm.get_plugin("terminalreporter")
+        suspended = capman.global_and_fixture_disabled() if capman is not None else nullcontext()
+        with _EMIT_LOCK, suspended:
+            if reporter is not None and worker is None:
+                reporter.ensure_newline()
+                reporter.write_line(msg)
+            else:
+                sys.stderr.write(f"[{worker}] {msg}\n" if worker else msg + "\n")
+                sys.stderr.flush()
+
+    return emit
+
+
+def default_interval() -> float:
+    """Seconds between progress lines: $LLMSERVE_PROGRESS_INTERVAL, else 10 (0 turns them off)."""
+    raw = os.environ.get("LLMSERVE_PROGRESS_INTERVAL", "")
+    try:
+        return float(raw) if raw.strip() else 10.0
+    except ValueError:
+        raise ValueError(f"LLMSERVE_PROGRESS_INTERVAL={raw!r}: give seconds between progress lines, e.g. 10 "
+                         "(0 turns them off)") from None
+
+
+class Heartbeat:
+    """Context manager: one progress line every `interval_s` while the body runs, and a final one."""
+
+    def __init__(self, emit: Emit | None, label: str, *, total: int | None = None, interval_s: float | None = None,
+                 status: Callable[[], Snapshot | None] | None = None, source: str = "") -> None:
+        interval_s = default_interval() if interval_s is None else interval_s
+        if interval_s < 0:
+            raise ValueError(f"interval_s={interval_s!r} must be >= 0 seconds (0: no progress lines)")
+        emit = emit if interval_s > 0 else None
+        self.emit, self.label, self.total, self.interval_s = emit, label, total, interval_s
+        self.status, self.source = status, source
+        self._snap = Snapshot()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = 0.0
+        self.lines = 0
+
+    def update(self, done: int, errors: int | None = None) -> None:
+        """Callback form: the load client (or a caller) says how far it is."""
+        self._snap = Snapshot(done, errors)
+        self.status = None
+
+    def line(self) -> str:
+        snap = self._snap
+        if self.status is not None:
+            try:
+                snap = self.status() or snap
+            except Exception:  # noqa: BLE001 - progress must never break a measurement
+                snap = Snapshot()
+        return format_progress(self.label, time.monotonic() - self._t0, self.total, snap,
+                               self.source if self.status is not None else "")
+
+    def __enter__(self) -> Heartbeat:
+        self._t0 = time.monotonic()
+        if self.emit is not None:
+            self._thread = threading.Thread(target=self._run, name="llmserve-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            assert self.emit is not None
+            self.emit(self.line())
+            self.lines += 1
+
+
+_COUNTER = re.compile(r"^vllm:request_success_total(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.M)
+
+
+class ServerRequestCounter:
+    """Requests finished so far, from vLLM's `vllm:request_success_total` on /metrics (since creation).
+
+    The server's own count, so it includes warm-up requests and anything else sent to it; labelled
+    "server count" in the line. None when the server exposes no such counter (then only time is shown).
+    """
+
+    def __init__(self, metrics_url: str, timeout_s: float = 1.0) -> None:
+        self.url = metrics_url
+        self.timeout_s = timeout_s
+        self.start = self._read()
+
+    def _read(self) -> float | None:
+        try:
+            text = httpx.get(self.url, timeout=self.timeout_s).text
+        except httpx.HTTPError:
+            return None
+        values = [float(v) for v in _COUNTER.findall(text)]
+        return sum(values) if values else None
+
+    def __call__(self) -> Snapshot | None:
+        if self.start is None:
+            return None
+        now = self._read()
+        return None if now is None else Snapshot(done=int(now - self.start))

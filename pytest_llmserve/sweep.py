@@ -1,0 +1,427 @@
+"""Concurrency sweeps: the same work at each concurrency against one or more targets, curves and crossovers.
+
+    result = run_sweep([SweepTarget("a", url_a, "m"), SweepTarget("b", url_b, "m")], [1, 4, 16, 64],
+                       requests_per_level=256)
+    result.crossovers("output_tok_s")   # where one target's throughput overtakes the other's
+    result.markdown(); result.to_dict(); plots.save_sweep_png(result, "sweep.png")
+
+Matched work: at each (concurrency, repeat) every target gets the same LoadSpec (same prompts, same
+output length forced by ignore_eos), and the order of targets rotates from one run to the next so that
+none always runs first after an idle period. A crossover is judged against noise: throughput needs
+repeated runs (a Welch interval over repeats), percentile latencies use a bootstrap over requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, NoReturn, Sequence
+
+import numpy as np
+
+from .baselines import higher_is_better
+from .load import ClientOptions, LoadSpec, RunResult, run_load
+from .progress import Emit, Heartbeat, ServerRequestCounter
+from .stats import Interval, bootstrap_percentile_diff_ci, welch_relative_mean_diff_ci
+
+POINT_METRICS = ("output_tok_s", "requests_s", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "tpot_p50_ms",
+                 "tpot_p95_ms", "itl_p50_ms", "itl_p95_ms", "e2e_p50_ms", "e2e_p95_ms", "error_rate")
+SAMPLE_FAMILIES = ("ttft_ms", "tpot_ms", "e2e_ms")  # one value per successful request
+Runner = Callable[[str, str, LoadSpec], RunResult]
+_MIN_BOOTSTRAP = 20  # fewer requests than this at a level: no noise estimate for a percentile there
+
+
+@dataclass(frozen=True, slots=True)
+class SweepTarget:
+    """One endpoint in a sweep; `metrics_url` (vLLM-style /metrics) adds server-side numbers."""
+
+    name: str
+    url: str
+    model: str
+    metrics_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SweepPoint:
+    """One run: a target at one concurrency (one repeat), its metrics and per-request samples."""
+
+    target: str
+    concurrency: int
+    repeat: int
+    metrics: Mapping[str, float]
+    completed: int
+    requests: int
+    errors: Mapping[str, int]
+    duration_s: float
+    valid: bool
+    invalid_reasons: tuple[str, ...] = ()
+    samples: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    server: Mapping[str, Any] | None = None  # server_metrics.MetricsSummary as a dict
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Crossover:
+    """Between two adjacent levels the leader on `metric` changes from one target to the other."""
+
+    metric: str
+    leader_below: str
+    leader_above: str
+    c_low: int
+    c_high: int
+    at: float  # interpolated concurrency (log2 scale) where the two curves meet
+    significant: bool | None  # both bracketing differences exclude 0; None: no noise estimate
+    note: str
+
+    def describe(self) -> str:
+        verdict = {True: "significant", False: "within noise", None: "unverified"}[self.significant]
+        return (f"{self.leader_above} overtakes {self.leader_below} on {self.metric} between c={self.c_low} and "
+                f"c={self.c_high} (curves meet near c≈{self.at:.3g}); {verdict}: {self.note}")
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Every run of a sweep plus the work description; aggregates, crossovers and renderings."""
+
+    targets: tuple[SweepTarget, ...]
+    concurrencies: tuple[int, ...]
+    points: tuple[SweepPoint, ...]
+    work: Mapping[str, Any]
+    hardware: str = ""
+
+    def runs(self, target: str, c: int) -> list[SweepPoint]:
+        return [p for p in self.points if p.target == target and p.concurrency == c]
+
+    def values(self, target: str, c: int, metric: str) -> list[float]:
+        return [v for p in self.runs(target, c) if (v := p.metrics.get(metric)) is not None and math.isfinite(v)]
+
+    def value(self, target: str, c: int, metric: str) -> float:
+        """Mean over repeats; NaN when the level has no finite value."""
+        vals = self.values(target, c, metric)
+        return float(np.mean(vals)) if vals else math.nan
+
+    def pooled(self, target: str, c: int, family: str) -> np.ndarray:
+        return np.asarray([x for p in self.runs(target, c) for x in p.samples.get(family, ())], dtype=float)
+
+    def level_difference(self, a: str, b: str, c: int, metric: str) -> Interval | None:
+        """95 % CI of metric(a)/metric(b) − 1 at level c, or None when the noise cannot be estimated."""
+        if metric.endswith("_ms") and "_p" in metric:
+            family, q = metric.split("_p")[0] + "_ms", float(metric.split("_p")[1].removesuffix("_ms"))
+            sa, sb = self.pooled(a, c, family), self.pooled(b, c, family)
+            if min(sa.size, sb.size) < _MIN_BOOTSTRAP:
+                return None
+            return bootstrap_percentile_diff_ci(sa, sb, q, relative=True, n_resamples=2000, seed=c)
+        va, vb = self.values(a, c, metric), self.values(b, c, metric)
+        if min(len(va), len(vb)) < 2 or min(np.mean(va), np.mean(vb)) <= 0:
+            return None
+        return welch_relative_mean_diff_ci(va, vb)
+
+    def crossovers(self, metric: str = "output_tok_s") -> list[Crossover]:
+        """Every change of leader between adjacent levels, for every pair of targets."""
+        out = []
+        names = [t.name for t in self.targets]
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                out += self._pair_crossovers(a, b, metric)
+        return out
+
+    def _pair_crossovers(self, a: str, b: str, metric: str) -> list[Crossover]:
+        levels = [c for c in self.concurrencies
+                  if self.value(a, c, metric) > 0 and self.value(b, c, metric) > 0]
+        # log ratio: > 0 means a's value is larger; the zero crossing is the same for either direction
+        ratio = {c: math.log(self.value(a, c, metric) / self.value(b, c, metric)) for c in levels}
+        better_a = higher_is_better(metric)
+        out = []
+        for lo, hi in zip(levels, levels[1:]):
+            r_lo, r_hi = ratio[lo], ratio[hi]
+            if r_lo == 0 or r_hi == 0 or (r_lo > 0) == (r_hi > 0):
+                continue
+            x_lo, x_hi = math.log2(lo), math.log2(hi)
+            at = 2 ** (x_lo + (x_hi - x_lo) * r_lo / (r_lo - r_hi))
+            lead_lo = a if (r_lo > 0) == better_a else b
+            lead_hi = b if lead_lo == a else a
+            diffs = {c: self.level_difference(a, b, c, metric) for c in (lo, hi)}
+            if any(d is None for d in diffs.values()):
+                significant = None
+                how = ("one run per level: repeat the sweep (--repeats 3) to test it against run-to-run noise"
+                       if not metric.endswith("_ms") else f"fewer than {_MIN_BOOTSTRAP} requests at a level")
+            else:
+                significant = all(not d.contains(0.0) for d in diffs.values())
+                how = "; ".join(f"c={c}: {a}/{b} − 1 = {d.estimate:+.1%} [{d.low:+.1%}, {d.high:+.1%}]"
+                                for c, d in diffs.items())
+            shaky = [c for c in (lo, hi) if not all(p.valid for t in (a, b) for p in self.runs(t, c))]
+            if shaky:
+                how += f"; runs at c={', '.join(map(str, shaky))} are invalid (see notes), so this is not a finding"
+                significant = False if significant else significant
+            out.append(Crossover(metric, lead_lo, lead_hi, lo, hi, at, significant, how))
+        return out
+
+    # ------------------------------------------------------------------ renderings
+    def markdown(self, crossover_metrics: Sequence[str] = ("output_tok_s", "ttft_p95_ms")) -> str:
+        """A results table (one row per target and concurrency), the crossovers and the warnings."""
+        w = self.work
+        lines = [f"### Concurrency sweep ({', '.join(t.name for t in self.targets)})", "",
+                 f"Work per level and target: {w.get('requests_per_level')} measured requests after "
+                 f"{w.get('warmup', 'auto')} warm-up, {w.get('input_len')} prompt / {w.get('output_len')} output "
+                 f"tokens (ignore_eos), endpoint `{w.get('endpoint')}`, {w.get('repeats')} run(s) per level"
+                 + (f", hardware `{self.hardware}`" if self.hardware else "") + "."
+                 + (" Cells with several runs show the mean ± half the range." if (w.get("repeats") or 1) > 1 else "")
+                 + " ⚠ marks a level with an invalid run (see notes).", "",
+                 "| c | target | output tok/s | req/s | TTFT p50 ms | TTFT p95 ms | TPOT p50 ms | TPOT p95 ms "
+                 "| E2E p95 ms | errors | server: KV max, waiting max |",
+                 "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for c in self.concurrencies:
+            for t in self.targets:
+                runs = self.runs(t.name, c)
+                if not runs:
+                    continue
+                cells = [_cell(self.values(t.name, c, m)) for m in
+                         ("output_tok_s", "requests_s", "ttft_p50_ms", "ttft_p95_ms", "tpot_p50_ms", "tpot_p95_ms",
+                          "e2e_p95_ms")]
+                errors = sum(sum(p.errors.values()) for p in runs)
+                flag = "" if all(p.valid for p in runs) else " ⚠"
+                lines.append(f"| {c} | {t.name}{flag} | " + " | ".join(cells) + f" | {errors} | {_server_cell(runs)} |")
+        for metric in crossover_metrics:
+            found = self.crossovers(metric)
+            lines += ["", f"Crossovers on {metric}: " + ("none in the levels measured" if not found else "")]
+            lines += [f"- {x.describe()}" for x in found]
+        notes = self.notes()
+        if notes:
+            lines += ["", "Notes:"] + [f"- {n}" for n in notes]
+        return "\n".join(lines) + "\n"
+
+    def notes(self) -> list[str]:
+        """Invalid runs, server warnings, and levels too short to reach a steady state."""
+        out = []
+        for p in self.points:
+            for r in p.invalid_reasons:
+                out.append(f"{p.target} c={p.concurrency} run {p.repeat + 1}: INVALID: {r}")
+            out += [f"{p.target} c={p.concurrency} run {p.repeat + 1}: {x}" for x in p.warnings]
+        n = self.work.get("requests_per_level") or 0
+        short = [c for c in self.concurrencies if n < 4 * c]
+        if short:
+            out.append(f"at c={', '.join(map(str, short))} fewer than 4×c requests were measured: ramp-up and drain "
+                       "are a large share of the run, so throughput there is understated")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": 1, "hardware": self.hardware, "work": dict(self.work),
+                "targets": [asdict(t) for t in self.targets], "concurrencies": list(self.concurrencies),
+                "points": [_point_dict(p) for p in self.points],
+                "crossovers": {m: [asdict(x) for x in self.crossovers(m)] for m in ("output_tok_s", "ttft_p95_ms")}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SweepResult:
+        """Read back what to_dict wrote (to re-render tables and plots without re-running)."""
+        points = tuple(SweepPoint(**{**p, "metrics": {k: (math.nan if v is None else v) for k, v in p["metrics"].items()},
+                                     "invalid_reasons": tuple(p["invalid_reasons"]), "warnings": tuple(p["warnings"]),
+                                     "samples": {k: tuple(v) for k, v in p["samples"].items()}})
+                       for p in d["points"])
+        return cls(tuple(SweepTarget(**t) for t in d["targets"]), tuple(d["concurrencies"]), points,
+                   dict(d["work"]), d.get("hardware", ""))
+
+
+def _point_dict(p: SweepPoint) -> dict[str, Any]:
+    d = asdict(p)
+    d["metrics"] = {k: (v if math.isfinite(v) else None) for k, v in p.metrics.items()}
+    d["samples"] = {k: [round(x, 4) for x in v] for k, v in p.samples.items()}
+    return d
+
+
+def _cell(vals: list[float]) -> str:
+    if not vals:
+        return "n/a"
+    def fmt(x: float) -> str:
+        if abs(x) >= 1000:
+            return f"{x:,.0f}"
+        return f"{x:.1f}" if abs(x) >= 100 else f"{x:.2f}" if abs(x) >= 0.01 or x == 0 else f"{x:.2g}"
+
+    text = fmt(float(np.mean(vals)))
+    if len(vals) > 1:  # the spread over repeats, so a reader sees how much one run moves
+        text += f" ±{fmt((max(vals) - min(vals)) / 2)}"
+    return text
+
+
+def _server_cell(runs: list[SweepPoint]) -> str:
+    kv = [p.server["kv_usage_max"] for p in runs if p.server and p.server.get("kv_usage_max") is not None]
+    waiting = [p.server["waiting_max"] for p in runs if p.server and p.server.get("waiting_max") is not None]
+    if not kv and not waiting:
+        return "n/a"
+    return f"{max(kv):.1%}, {max(waiting):g}" if kv and waiting else (f"{max(kv):.1%}" if kv else f"-, {max(waiting):g}")
+
+
+def point_from_result(target: str, c: int, repeat: int, result: RunResult, server: Any = None) -> SweepPoint:
+    """Reduce a RunResult to a SweepPoint (metrics, per-request samples, server summary)."""
+    metrics = result.metrics()
+    ok = [r for r in result.records if not r.warmup and r.ok]
+    samples = {"ttft_ms": tuple(x for r in ok if (x := r.ttft_ms) is not None),
+               "tpot_ms": tuple(x for r in ok if (x := r.tpot_ms) is not None),
+               "e2e_ms": tuple(x for r in ok if (x := r.e2e_ms) is not None)}
+    s = result.summary
+    return SweepPoint(target, c, repeat, {m: float(metrics.get(m, math.nan)) for m in POINT_METRICS},
+                      s.completed, s.requests, dict(s.errors), s.duration_s, result.valid,
+                      tuple(result.invalid_reasons), samples,
+                      asdict(server) if server is not None else None,
+                      tuple(server.warnings) if server is not None else ())
+
+
+def run_sweep(targets: Sequence[SweepTarget], concurrencies: Sequence[int], *, requests_per_level: int = 64,
+              input_len: int = 64, output_len: int = 64, warmup: int | None = None, repeats: int = 1,
+              endpoint: str = "completions", seed: int = 0, options: ClientOptions | None = None,
+              emit: Emit | None = None, interval_s: float = 10.0, runner: Runner | None = None,
+              server_metrics: bool = True, hardware: str = "") -> SweepResult:
+    """Run every target at every concurrency (ascending), `repeats` times, with matched work."""
+    levels = tuple(sorted(set(int(c) for c in concurrencies)))
+    if not targets or not levels or min(levels) < 1:
+        raise ValueError("give at least one target and concurrencies >= 1, e.g. --concurrency 1,2,4,8")
+    if len({t.name for t in targets}) != len(targets):
+        raise ValueError(f"target names must be unique, got {[t.name for t in targets]}")
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats!r} must be >= 1")
+    run = runner or (lambda url, model, spec: run_load(url, model, spec, options=options))
+    points, total, k = [], len(levels) * repeats * len(targets), 0
+    for li, c in enumerate(levels):
+        for r in range(repeats):
+            spec = LoadSpec(endpoint=endpoint, concurrency=c, requests=requests_per_level,
+                            warmup=min(c, 8) if warmup is None else warmup, input_len=input_len,
+                            output_len=output_len, seed=seed + r)
+            shift = (li + r) % len(targets)
+            for t in [*targets[shift:], *targets[:shift]]:
+                k += 1
+                points.append(_one_run(t, c, r, spec, run, emit, interval_s, f"({k}/{total})", server_metrics))
+    work = {"requests_per_level": requests_per_level, "warmup": "min(c, 8)" if warmup is None else warmup,
+            "input_len": input_len, "output_len": output_len, "endpoint": endpoint, "repeats": repeats, "seed": seed}
+    return SweepResult(tuple(targets), levels, tuple(points), work, hardware)
+
+
+def _one_run(t: SweepTarget, c: int, r: int, spec: LoadSpec, run: Runner, emit: Emit | None, interval_s: float,
+             counter: str, server_metrics: bool) -> SweepPoint:
+    sampler = None
+    if server_metrics and t.metrics_url:
+        from .server_metrics import MetricsSampler
+
+        sampler = MetricsSampler(t.metrics_url, interval_s=1.0).start()
+    label = f"sweep {t.name} c={c}" + (f" run {r + 1}" if r else "") + f" {counter}"
+    status = ServerRequestCounter(t.metrics_url) if emit is not None and t.metrics_url else None
+    try:
+        with Heartbeat(emit, label, total=spec.warmup + (spec.requests or 0), interval_s=interval_s,
+                       status=status, source="server count"):
+            result = run(t.url, t.model, spec)
+    finally:
+        summary = sampler.stop() if sampler is not None else None
+    point = point_from_result(t.name, c, r, result, summary)
+    if emit is not None:
+        s = result.summary
+        emit(f"llmserve: {label} done: {s.completed}/{s.requests} ok, {s.output_tok_s:,.0f} tok/s, TTFT p95 "
+             f"{point.metrics['ttft_p95_ms']:.1f} ms, {s.duration_s:.1f} s" + ("" if result.valid else " (INVALID)"))
+    return point
+
+
+# ---------------------------------------------------------------------- command line (`llmserve sweep`)
+def first_model(url: str) -> str:
+    """The first model id of GET /v1/models, or a ValueError saying to pass --model."""
+    import httpx
+
+    base = url.rstrip("/").removesuffix("/v1")
+    try:
+        data = httpx.get(f"{base}/v1/models", timeout=10.0).raise_for_status().json().get("data") or []
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ValueError(f"cannot list models at {base}/v1/models ({exc}); is the server up? or pass --model") from None
+    ids = [m["id"] for m in data if isinstance(m, dict) and "id" in m]
+    if not ids:
+        raise ValueError(f"{base}/v1/models lists no model; pass --model NAME")
+    return ids[0]
+
+
+def metrics_url_for(url: str) -> str:
+    return url.rstrip("/").removesuffix("/v1") + "/metrics"
+
+
+class UsageExit(Exception):
+    """Bad arguments: the CLI prints the message and exits 3 (0-2 carry verdicts)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad arguments, which `llmserve promote` uses for "inconclusive"; raise instead."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageExit(f"{message} (see --help)")
+
+
+def parse_levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise UsageExit(f"--concurrency {text!r}: give integers separated by commas, e.g. 1,2,4,8") from None
+    if not levels or min(levels) < 1:
+        raise UsageExit(f"--concurrency {text!r}: every level must be >= 1")
+    return levels
+
+
+def parse_named(items: Sequence[str], flag: str) -> dict[str, str]:
+    """NAME=VALUE pairs; a bare VALUE gets the name '' (meaning: every target)."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            name, value = "", item
+        elif not value or "://" in name:
+            raise UsageExit(f"{flag} {item!r}: use NAME=VALUE, e.g. {flag} vllm=http://127.0.0.1:8000")
+        out[name] = value
+    return out
+
+
+def main(argv: Sequence[str]) -> int:
+    """`llmserve sweep`: exit 0 when every run was valid, 1 when some were not, 3 when it could not run."""
+    from .progress import print_emitter
+
+    p = Parser(prog="llmserve sweep", description="Throughput/latency vs concurrency for one or "
+                                "more targets with matched work; writes sweep.json, sweep.md and sweep.png.")
+    p.add_argument("--url", action="append", required=True, metavar="NAME=URL", help="a target (repeatable)")
+    p.add_argument("--model", action="append", default=[], metavar="[NAME=]MODEL",
+                   help="model to request (default: the first of GET /v1/models)")
+    p.add_argument("--concurrency", required=True, help="levels, e.g. 1,2,4,8,16,32")
+    p.add_argument("--requests-per-level", type=int, default=64, help="measured requests per target and level")
+    p.add_argument("--input-len", type=int, default=64)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--warmup", type=int, help="warm-up requests per run (default min(c, 8))")
+    p.add_argument("--repeats", type=int, default=1, help="runs per level (>= 2 lets crossovers be tested against noise)")
+    p.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="load-client processes (use spare cores only)")
+    p.add_argument("--no-server-metrics", action="store_true", help="do not scrape <url>/metrics during runs")
+    p.add_argument("--hardware", default="", help="label shown in the plot and tables")
+    p.add_argument("--title", help="plot title")
+    p.add_argument("--out", default="llmserve-sweep", help="output directory (default: llmserve-sweep)")
+    p.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress lines")
+    p.add_argument("--quiet", action="store_true", help="no progress lines, no table on stdout")
+    try:
+        a = p.parse_args(list(argv))
+        urls, models = parse_named(a.url, "--url"), parse_named(a.model, "--model")
+        targets = [SweepTarget(name or f"target{i + 1}", url, models.get(name) or models.get("") or first_model(url),
+                               None if a.no_server_metrics else metrics_url_for(url))
+                   for i, (name, url) in enumerate(urls.items())]
+        result = run_sweep(targets, parse_levels(a.concurrency), requests_per_level=a.requests_per_level,
+                           input_len=a.input_len, output_len=a.output_len, warmup=a.warmup, repeats=a.repeats,
+                           endpoint=a.endpoint, seed=a.seed, options=ClientOptions(workers=a.workers),
+                           emit=None if a.quiet else print_emitter(), interval_s=a.progress_interval,
+                           hardware=a.hardware)
+    except (UsageExit, ValueError, ConnectionError, OSError) as exc:
+        print(f"llmserve sweep: {exc}", file=sys.stderr)
+        return 3
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    md = result.markdown()
+    (out / "sweep.md").write_text(md)
+    from .plots import save_sweep_png
+
+    save_sweep_png(result, out / "sweep.png", title=a.title)
+    if not a.quiet:
+        print(md)
+        print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'sweep.png'}")
+    return 0 if all(pt.valid for pt in result.points) else 1
