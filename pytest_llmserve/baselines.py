@@ -105,6 +105,9 @@ class BaselineStore:
         self, target: str, test_id: str, metrics: Mapping[str, float], tolerances: Mapping[str, Tolerance]
     ) -> list[MetricComparison]:
         """Compare (or, with update, record) every metric; verdicts are direction-aware."""
+        # a metric the run could not measure (NaN, e.g. TPOT of one-token outputs) is neither compared nor
+        # recorded: a stored NaN would fail every later comparison
+        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
         stored = self.lookup(target, test_id)
         rows = []
         for metric, measured in sorted(metrics.items()):
@@ -129,7 +132,7 @@ class BaselineStore:
         """Write one entry atomically under a lock, keeping every other entry of the file."""
         path = self.path_for(target)
         path.parent.mkdir(parents=True, exist_ok=True)
-        new = {k: round_significant(float(v)) for k, v in sorted(metrics.items())}
+        new = {k: round_significant(float(v)) for k, v in sorted(metrics.items()) if math.isfinite(float(v))}
         with FileLock(str(path) + ".lock", timeout=120):
             entries = self._read(path)
             old = entries.get(test_id)
@@ -177,9 +180,9 @@ def _read_entries(path: Path, hardware: str) -> dict[str, dict[str, float]]:
         data = json.loads(path.read_text("utf-8"))
         entries = data["entries"]
         if not isinstance(entries, dict) or not all(
-            isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()) for v in entries.values()
+            isinstance(v, dict) and all(_finite_number(x) for x in v.values()) for v in entries.values()
         ):
-            raise ValueError("entries must map test ids to {metric: number}")
+            raise ValueError("entries must map test ids to {metric: finite number}")
     except (ValueError, KeyError, TypeError) as exc:
         raise BaselineError(
             f"baseline file {path} is corrupt ({exc}); it was not modified. Fix it from version control "
@@ -192,6 +195,10 @@ def _read_entries(path: Path, hardware: str) -> dict[str, dict[str, float]]:
             "comparison across hardware is refused (move the file to its own label's directory)"
         )
     return entries
+
+
+def _finite_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _atomic_write_json(path: Path, data: dict) -> None:

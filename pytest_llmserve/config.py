@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 KINDS = ("vllm", "openai", "trtllm-serve", "triton")
 SLO_KEYS = (
@@ -42,6 +44,7 @@ TARGET_KEYS = {
 }
 TOP_KEYS = {"baselines_dir": str, "hardware": str, "targets": list, "tolerance": dict}
 DEFAULT_STARTUP_TIMEOUT_S = 600.0
+EXTERNAL_STARTUP_TIMEOUT_S = 30.0  # an already-running server that is not up in 30 s is down
 
 
 class ConfigError(Exception):
@@ -184,14 +187,16 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
         if required not in raw:
             err.fail(f"{where}.{required}", None, "is required")
     name, kind = raw["name"], raw["kind"]
-    if not name or any(c in name for c in "/\\[] "):
-        err.fail(f"{where}.name", name, "must be non-empty without '/', '\\', '[', ']' or spaces")
+    if not name or any(c in "/\\[]" or c.isspace() for c in name):
+        err.fail(f"{where}.name", name, "must be non-empty without '/', '\\', '[', ']' or whitespace")
     if kind not in KINDS:
         err.fail(f"{where}.kind", kind, f"must be one of {', '.join(KINDS)}")
     model = raw.get("model")
     if kind == "openai":
         if not raw.get("url"):
             err.fail(f"{where}.url", raw.get("url"), "is required for kind 'openai' (the running server's base URL)")
+        if not _is_http_url(raw["url"]):
+            err.fail(f"{where}.url", raw["url"], "must be an http(s):// URL with a host, e.g. http://127.0.0.1:8000")
     elif model is None:
         err.fail(f"{where}.model", None, f"is required for kind {kind!r}")
     else:
@@ -202,15 +207,22 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
     env = raw.get("env", {})
     if not all(isinstance(v, str) for v in env.values()):
         err.fail(f"{where}.env", env, "values must be strings")
-    timeout = raw.get("startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S)
-    if timeout <= 0:
-        err.fail(f"{where}.startup_timeout_s", timeout, "must be > 0")
+    timeout = raw.get("startup_timeout_s", EXTERNAL_STARTUP_TIMEOUT_S if kind == "openai" else DEFAULT_STARTUP_TIMEOUT_S)
+    if not math.isfinite(timeout) or timeout <= 0:  # nan would wait forever: the deadline never passes
+        err.fail(f"{where}.startup_timeout_s", timeout, "must be a finite number of seconds > 0")
     slo = dict(raw.get("slo", {}))
     for key, value in slo.items():
         if key not in SLO_KEYS:
             err.fail(f"{where}.slo.{key}", value, f"unknown SLO key; known: {', '.join(SLO_KEYS)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            err.fail(f"{where}.slo.{key}", value, "must be a non-negative number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            err.fail(f"{where}.slo.{key}", value, "must be a finite non-negative number (leave the key out for no limit)")
+    if "cuda_graphs" in raw:
+        from .checks.graphs import CudaGraphRequirement
+
+        try:
+            CudaGraphRequirement.from_config(raw["cuda_graphs"], where=f"{where}.cuda_graphs")
+        except ValueError as exc:
+            err.fail(f"{where}.cuda_graphs", raw["cuda_graphs"], str(exc))
     concurrency = raw.get("concurrency", [1, 4, 16])
     if not concurrency or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in concurrency):
         err.fail(f"{where}.concurrency", concurrency, "must be a non-empty list of integers >= 1")
@@ -259,8 +271,8 @@ def _parse_tolerances(err: _Errors, raw: Any, where: str) -> dict[str, Tolerance
             err.fail(f"{where}.{metric}", spec, "must be a table with keys rel and/or abs")
         values = {k: v for k, v in spec.items()}
         for key, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                err.fail(f"{where}.{metric}.{key}", value, "must be a non-negative number")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                err.fail(f"{where}.{metric}.{key}", value, "must be a finite non-negative number")
         out[metric] = Tolerance(**{k: float(v) for k, v in values.items()})
     return out
 
@@ -273,6 +285,15 @@ def _check_keys(err: _Errors, raw: Mapping[str, Any], allowed: Mapping[str, Any]
             expected = allowed[key]
             names = " or ".join(t.__name__ for t in expected) if isinstance(expected, tuple) else expected.__name__
             err.fail(_join(where, key), value, f"must be of type {names}")
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _join(prefix: str, key: str) -> str:

@@ -6,9 +6,12 @@ from typing import Any, Callable
 
 import pytest
 
+from . import benchmark_bridge
 from .config import ConfigError, Target
-from .load import LoadSpec, run_load
+from .load import LoadSpec, RunResult, run_load
 from .outcome import LoadOutcome
+from .progress import Heartbeat, ServerRequestCounter, pytest_emitter
+from .server_metrics import MetricsSampler
 from .servers.base import ServerError, ServerHandle
 from .session import get_session
 
@@ -74,12 +77,46 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
             spec.validate()
         except (TypeError, ValueError) as exc:
             pytest.fail(f"llm_load({', '.join(f'{k}={v!r}' for k, v in spec_args.items())}): {exc}", pytrace=False)
-        result = run_load(llm_server.base_url, llm_server.model, spec)
+        sampler = MetricsSampler(llm_server.metrics_url).start() if llm_server.metrics_url else None
+        shape = f"rate={spec.rate}/s" if spec.rate else f"c={spec.concurrency}"
+        status = ServerRequestCounter(llm_server.metrics_url) if llm_server.metrics_url else None
+        try:
+            with Heartbeat(pytest_emitter(request.config), f"{llm_server.target.name} {shape}", status=status,
+                           total=spec.warmup + spec.requests if spec.requests else None, source="server count"):
+                try:
+                    result = _run(llm_server, spec)
+                except Exception:  # a client error from a server that died: its exit and log are the cause
+                    if not llm_server.alive():
+                        _fail_with_death(llm_server)
+                    raise
+        finally:
+            server_metrics = sampler.stop() if sampler is not None else None
+        benchmark_bridge.record_load(request.config, request.node, llm_server.target.name, result)
         try:
             llm_server.ensure_alive()
         except ServerError as exc:
             pytest.fail(str(exc), pytrace=False)
         return LoadOutcome(result=result, target=llm_server.target, nodeid=request.node.nodeid,
-                           session=session, marker_limits=limits)
+                           session=session, marker_limits=limits,
+                           optimisations=session.optimisations_of(llm_server),
+                           server_metrics=server_metrics, item=request.node)
 
     return run
+
+
+def _fail_with_death(server: ServerHandle) -> None:
+    try:
+        server.ensure_alive()
+    except ServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def _run(server: ServerHandle, spec: LoadSpec) -> RunResult:
+    """One client for every kind: OpenAI streaming, or Triton's generate_stream / gRPC stream."""
+    if server.target.kind == "triton":
+        from .load.triton_client import run_triton_load
+        from .servers.triton import load_protocol, triton_endpoints
+
+        endpoints = triton_endpoints(server.base_url)
+        return run_triton_load(endpoints, spec, protocol=load_protocol(server.target)).to_run_result()
+    return run_load(server.base_url, server.model, spec)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 import pytest
 
-from .baselines import BaselineError
+from .baselines import BaselineError, round_significant
 from .checks.slo import BASELINE_METRICS, SloEvaluation, SloReport, validate_limits
+from .checks.optimisations import OptimisationsReport
 from .config import Target
 from .load import RunResult
+from .server_metrics import MetricsSummary
 from .session import LlmserveSession, ResultEntry
 
 
@@ -24,6 +26,9 @@ class LoadOutcome:
     session: LlmserveSession
     marker_limits: Mapping[str, float] = field(default_factory=dict)
     context: list[str] = field(default_factory=list)
+    optimisations: OptimisationsReport | None = None
+    server_metrics: MetricsSummary | None = None  # what the server's /metrics said during the run
+    item: Any = None  # the pytest item, for JUnit properties (record_property's user_properties)
     report: SloReport | None = None
 
     @property
@@ -32,10 +37,21 @@ class LoadOutcome:
 
     def evaluate(self, **limits: Any) -> SloReport:
         """Build the verdict table (limits: config < marker < keyword arguments)."""
-        merged = {**self.target.slo, **self.marker_limits, **validate_limits(limits, self.nodeid)}
-        metrics = self.metrics
         try:
-            comparisons = self.session.store.compare(
+            # errors fail a gate unless the user allows some: a latency table over the survivors
+            # of a half-failed run is not a pass
+            merged = {"max_error_rate": 0.0, **self.target.slo, **self.marker_limits,
+                      **validate_limits(limits, f"{self.nodeid}: assert_slo")}
+        except ValueError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        metrics = self.metrics
+        refused = _errors_refuse_recording(self.result, merged) if self.session.store.update else None
+        # never record an invalid run, or one with failed requests, over a baseline
+        keep = self.session.store.update and (not self.result.valid or refused is not None)
+        try:
+            if keep:
+                self.session.store.lookup(self.target.name, self.nodeid)  # still in use, not "unused"
+            comparisons = [] if keep else self.session.store.compare(
                 self.target.name,
                 self.nodeid,
                 {m: metrics[m] for m in BASELINE_METRICS if m in metrics and self.result.valid},
@@ -44,6 +60,12 @@ class LoadOutcome:
         except BaselineError as exc:
             pytest.fail(str(exc), pytrace=False)
         context = list(self.context)
+        if keep and refused is None:
+            context.append("run invalid: the stored baseline was kept, not overwritten (fix the run, then update)")
+        context.append(_client_line(self.result))
+        if self.optimisations is not None:
+            context += self.optimisations.render().splitlines()
+        context += server_lines(self.server_metrics)
         if not comparisons and not self.session.store.update:
             others = self.session.store.other_hardware_with(self.target.name, self.nodeid)
             if others:
@@ -52,7 +74,7 @@ class LoadOutcome:
             metrics=metrics,
             limits=merged,
             comparisons=comparisons,
-            invalid_reasons=list(self.result.invalid_reasons),
+            invalid_reasons=list(self.result.invalid_reasons) + ([refused] if refused else []),
             errors=dict(self.result.summary.errors),
             context=context,
         )
@@ -71,8 +93,71 @@ class LoadOutcome:
         report = self.evaluate(**limits)
         self.session.results.append(
             ResultEntry(self.nodeid, self.target.name, "slo", report.passed, report.render(),
-                        {"metrics": self.metrics, "result": self.result.to_dict(), "context": list(report.context)})
+                        {"metrics": self.metrics, "result": self.result.to_dict(), "context": list(report.context),
+                         "optimisations": self.optimisations.to_dict() if self.optimisations else None,
+                         "server_metrics": asdict(self.server_metrics) if self.server_metrics else None,
+                         "rows": slo_rows(report)})
         )
+        if self.item is not None:
+            self.item.user_properties.extend(junit_properties(self.target.name, report))
         if not report.passed:
             pytest.fail(report.render(), pytrace=False)
         return report
+
+
+def _errors_refuse_recording(result: RunResult, limits: Mapping[str, float]) -> str | None:
+    """Why a run with failed requests may not become a baseline (None: it may): its percentiles cover
+    only the requests that succeeded, so it would poison every later comparison."""
+    s = result.summary
+    if not s.errors or s.error_rate <= limits.get("max_error_rate", 0.0):
+        return None
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(s.errors.items()))
+    return (f"{s.requests - s.completed} of {s.requests} requests failed ({counts}); a baseline is recorded only "
+            "from a run within max_error_rate (default 0); nothing was written")
+
+
+def slo_rows(report: SloReport) -> list[dict[str, Any]]:
+    """The verdict table as rows for the session's combined table and the JSON report."""
+    rows: list[dict[str, Any]] = [{"metric": r.metric, "measured": r.measured, "limit": r.limit, "baseline": r.baseline,
+                                   "allowed": r.allowed, "verdict": r.verdict} for r in report.rows]
+    invalid = [p.removeprefix("run invalid for SLO checks: ") for p in report.problems if p.startswith("run invalid")]
+    if invalid:  # e.g. the client self-check rejected the run: one row, every reason in its note
+        rows.append({"metric": "run validity", "measured": "invalid", "verdict": "FAIL", "note": "; ".join(invalid)})
+    rows += [{"metric": "problem", "measured": "-", "verdict": "FAIL", "note": p}
+             for p in report.problems if not p.startswith("run invalid")]
+    return rows
+
+
+def junit_properties(target: str, report: SloReport) -> list[tuple[str, Any]]:
+    """`llmserve.<metric>` = measured (plus .baseline, .limit, .verdict) for JUnit XML's <properties>."""
+    props: list[tuple[str, Any]] = [("llmserve.target", target), ("llmserve.verdict", "pass" if report.passed else "fail")]
+    for r in report.rows:
+        props.append((f"llmserve.{r.metric}", round_significant(r.measured) if r.measured == r.measured else "n/a"))
+        if r.limit != "-":
+            props.append((f"llmserve.{r.metric}.limit", r.limit))
+        if r.baseline is not None:
+            props.append((f"llmserve.{r.metric}.baseline", r.baseline))
+        props.append((f"llmserve.{r.metric}.verdict", r.verdict))
+    props += [("llmserve.problem", p) for p in report.problems]
+    return props
+
+
+def server_lines(summary: MetricsSummary | None) -> list[str]:
+    """One line of what the server said about itself, then its warnings (KV cache full, preemptions)."""
+    if summary is None or not summary.samples:
+        return []
+    pct = (lambda v: "n/a" if v is None else f"{100 * v:.1f} %")  # noqa: E731
+    num = (lambda v: "n/a" if v is None else f"{v:g}")  # noqa: E731
+    queue = "n/a" if summary.queue_time_mean_s is None else f"{1000 * summary.queue_time_mean_s:.2f} ms"
+    line = (f"server ({summary.source}, {summary.samples} samples): KV cache max {pct(summary.kv_usage_max)}, "
+            f"running max {num(summary.running_max)}, waiting max {num(summary.waiting_max)}, "
+            f"preemptions {num(summary.preemptions_delta)}, queue time mean {queue}")
+    return [line] + [f"WARNING: {w}" for w in summary.warnings]
+
+
+def _client_line(result: RunResult) -> str:
+    """The client's own verdict on whether it kept up (a saturated client invalidates the run)."""
+    check = result.client_check
+    verdict = "ok" if check.valid else "INVALID: " + "; ".join(check.reasons)
+    stamps = "kernel receive timestamps" if check.kernel_timestamps else "user-space timestamps"
+    return f"client self-check: {verdict} (event-loop delay p99 {check.loop_lag_p99_ms:.2f} ms, {stamps})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from . import markers, options, report
+from . import benchmark_bridge, markers, options, report, xdist_support
 from .checks.slo import validate_limits
 from .fixtures import _llm_server_session, llm_load, llm_server, llm_servers, llm_target  # noqa: F401  (fixtures)
 from .session import SESSION_KEY, LlmserveSession, get_session
@@ -17,6 +17,7 @@ MARKERS = (
     "equivalence: token-level equivalence with the Hugging Face reference",
     "accuracy: accuracy-delta gates (e.g. FP8 vs FP16)",
     "cuda_graphs: CUDA-graph and optimisation evidence checks",
+    "promotion: candidate-vs-incumbent promotion gate (noise-aware A/B comparison)",
 )
 
 
@@ -29,7 +30,17 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", line)
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     progress = (lambda msg: reporter.write_line(msg)) if reporter else (lambda msg: None)
-    config.stash[SESSION_KEY] = LlmserveSession.from_pytest(config, progress)
+    state = config.stash[SESSION_KEY] = LlmserveSession.from_pytest(config, progress)
+    benchmark_bridge.configure(config, state.hardware)
+    xdist_support.configure(config, state)  # a worker's GPU slice is set here, before any server starts
+
+
+def _say(config: pytest.Config, message: str) -> None:
+    """A progress line through the terminal reporter (looked up late: it registers after us)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line(message)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

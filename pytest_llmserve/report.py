@@ -6,28 +6,111 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .session import LlmserveSession
+from .baselines import BaselineChange
+from .session import LlmserveSession, ResultEntry
+
+
+ROW_HEAD = ("", "target", "test", "metric", "measured", "limit", "baseline", "verdict")
+_BAD = ("FAIL", "regression", "missing", "fail", "inconclusive")
+
+
+def entry_rows(entry: ResultEntry) -> list[dict[str, Any]]:
+    """Rows of the combined table for one check: its `data["rows"]`, else one line naming the check."""
+    rows = list(entry.data.get("rows") or [{"metric": entry.kind, "verdict": "pass" if entry.passed else "fail"}])
+    if not entry.passed and not any(str(r.get("verdict")) in _BAD for r in rows):
+        rows.append({"metric": "(check)", "verdict": "fail"})  # failed for a reason outside the rows (invalid run)
+    return [{"target": entry.target, "test": entry.nodeid, "kind": entry.kind, "passed": entry.passed, **r}
+            for r in rows]
+
+
+def _num(v: Any) -> str:
+    if v is None or v == "":
+        return "-"
+    if isinstance(v, str):
+        return v
+    if v != v:  # NaN
+        return "n/a"
+    return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.3g}" if abs(v) < 0.01 and v else f"{v:.2f}"
+
+
+def _clip(text: str, n: int = 110) -> str:
+    """Shorten for a summary cell; the full text is in the collapsed details."""
+    text = str(text).removeprefix("run invalid for SLO checks: ")
+    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
+
+
+def _md(text: str) -> str:
+    """A Markdown table cell: a literal | would end the cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _short(nodeid: str) -> str:
+    """tests/suites/test_slo.py::test_x[a] -> test_slo.py::test_x[a] (the directory rarely helps)."""
+    path, sep, rest = nodeid.partition("::")
+    return Path(path).name + sep + rest
+
+
+def combined_rows(state: LlmserveSession) -> list[tuple[str, ...]]:
+    """One text row per metric of every check: mark, target, test, metric, measured, limit, baseline, verdict."""
+    out = []
+    for entry in state.results:
+        for r in entry_rows(entry):
+            out.append(("x" if str(r.get("verdict")) in _BAD else "", entry.target,
+                        _short(entry.nodeid), str(r.get("metric")), _num(r.get("measured")), _num(r.get("limit")),
+                        _num(r.get("baseline")), str(r.get("verdict", ""))))
+    return out
+
+
+def format_table(head: tuple[str, ...], rows: list[tuple[str, ...]], numeric: tuple[int, ...] = (4, 5, 6)) -> list[str]:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    return ["  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in [head, *rows]]
+
+
+def change_lines(change: BaselineChange) -> list[str]:
+    """`metric: old -> new (+x.x %)` for each metric that moved; unchanged ones counted, not listed."""
+    lines, same = [], 0
+    for metric, new in change.new.items():
+        old = None if change.old is None else change.old.get(metric)
+        if old == new:
+            same += 1
+            continue
+        rel = f" ({(new - old) / abs(old):+.1%})" if isinstance(old, (int, float)) and old else ""
+        lines.append(f"{metric}: {'(new)' if old is None else old} -> {new}{rel}")
+    removed = sorted(set(change.old or {}) - set(change.new))
+    lines += [f"{metric}: {change.old[metric]} -> (removed)" for metric in removed]  # type: ignore[index]
+    if same:
+        lines.append(f"({same} metric{'s' if same > 1 else ''} unchanged)")
+    return lines
 
 
 def terminal_summary(reporter: Any, state: LlmserveSession) -> None:
-    """One section: every check's table, what --update-baselines changed, what is unused or left over."""
+    """One section: a combined table of every check (details with -v), baseline changes, unused, leftovers."""
+    if state.xdist_worker is not None:
+        return  # the xdist controller prints the merged summary
     unused = unused_baselines(state)
     if not (state.results or state.store.changes or state.leftovers or unused):
         return
     reporter.write_sep("=", "llmserve summary")
     reporter.write_line(f"hardware: {state.hardware.label} ({state.hardware.label_source}); "
                         f"baselines: {state.store.root}")
-    for entry in state.results:
-        reporter.write_line("")
-        reporter.write_line(entry.table)
+    if state.results:
+        failed = sum(1 for e in state.results if not e.passed)
+        reporter.write_line(f"{len(state.results)} checks: {len(state.results) - failed} passed, {failed} failed "
+                            "(x marks a failing row)")
+        for line in format_table(ROW_HEAD, combined_rows(state)):
+            reporter.write_line(line, red=line.startswith("x "))
+    if state.results and getattr(reporter, "verbosity", 0) > 0:  # the full tables, only when asked for
+        for entry in state.results:
+            reporter.write_line("")
+            reporter.write_line(entry.table)
     if state.store.changes:
         reporter.write_line("")
         reporter.write_line("baselines updated (old -> new):")
         for change in state.store.changes:
             reporter.write_line(f"  {change.path.name} {change.test_id}")
-            for metric, new in change.new.items():
-                old = None if change.old is None else change.old.get(metric)
-                reporter.write_line(f"    {metric}: {'(new)' if old is None else old} -> {new}")
+            for line in change_lines(change):
+                reporter.write_line(f"    {line}")
     if unused:
         reporter.write_line("")
         reporter.write_line(f"{len(unused)} unused baseline entries (no collected test uses them; delete them or "
@@ -50,8 +133,14 @@ def unused_baselines(state: LlmserveSession) -> list[tuple[Path, str]]:
 def write_reports(state: LlmserveSession) -> None:
     """Write the JSON results file and the Markdown report when asked for."""
     if state.report_json:
+        failed = sum(1 for e in state.results if not e.passed)
         payload = {
+            "schema": 1,
             "hardware": state.hardware.label,
+            "hardware_source": state.hardware.label_source,
+            "baselines_dir": str(state.store.root),
+            "summary": {"checks": len(state.results), "passed": len(state.results) - failed, "failed": failed},
+            "rows": [r for e in state.results for r in entry_rows(e)],
             "results": [
                 {"nodeid": e.nodeid, "target": e.target, "kind": e.kind, "passed": e.passed, "table": e.table, **e.data}
                 for e in state.results
@@ -59,13 +148,50 @@ def write_reports(state: LlmserveSession) -> None:
             "baseline_changes": [
                 {"file": str(c.path), "test_id": c.test_id, "old": c.old, "new": c.new} for c in state.store.changes
             ],
+            "unused_baselines": [{"file": str(p), "test_id": t} for p, t in unused_baselines(state)],
             "leftover_processes": state.leftovers,
         }
         state.report_json.parent.mkdir(parents=True, exist_ok=True)
         state.report_json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     if state.report_md:
-        lines = [f"## llmserve results ({state.hardware.label})", ""]
-        for e in state.results:
-            lines += [f"### {'✅' if e.passed else '❌'} `{e.nodeid}`", "", "```", e.table, "```", ""]
         state.report_md.parent.mkdir(parents=True, exist_ok=True)
-        state.report_md.write_text("\n".join(lines))
+        state.report_md.write_text(markdown_report(state))
+
+
+def markdown_report(state: LlmserveSession) -> str:
+    """A pull-request comment: verdict line, one row per check (failing metrics named), details collapsed."""
+    failed = [e for e in state.results if not e.passed]
+    verdict = "❌" if failed or state.leftovers else "✅"
+    lines = [f"## {verdict} llmserve: {len(state.results) - len(failed)} of {len(state.results)} checks passed "
+             f"(hardware `{state.hardware.label}`)", ""]
+    if state.results:
+        lines += ["| | check | target | test | what failed |", "|---|---|---|---|---|"]
+        for e in state.results:
+            bad = [r for r in entry_rows(e) if str(r.get("verdict")) in _BAD]
+            why = "; ".join(f"{r['metric']} {_num(r.get('measured'))}"
+                            + (f" (limit {r['limit']})" if r.get("limit") not in (None, "", "-") else "")
+                            + (f" vs baseline {_num(r.get('baseline'))}" if r.get("baseline") is not None else "")
+                            + f": {r['verdict']}" + (f" ({_clip(r['note'])})" if r.get("note") else "") for r in bad) or (
+                f"nothing ({len(entry_rows(e))} rows ok)" if e.passed else "see details")
+            lines.append(f"| {'✅' if e.passed else '❌'} | {e.kind} | {e.target} | `{_short(e.nodeid)}` | {_md(why)} |")
+        rows = combined_rows(state)
+        lines += ["", f"<details><summary>All metrics ({len(rows)} rows)</summary>", "",
+                  "| | target | test | metric | measured | limit | baseline | verdict |",
+                  "|---|---|---|---|---:|---|---:|---|"]
+        lines += [f"| {'❌' if r[0] else ''} | {_md(r[1])} | `{_md(r[2])}` | " + " | ".join(_md(c) for c in r[3:]) + " |"
+                  for r in rows]
+        lines += ["", "</details>", ""]
+    if state.store.changes:
+        lines += ["<details><summary>Baselines updated (old → new)</summary>", ""]
+        for change in state.store.changes:
+            lines.append(f"- `{change.path.name}` `{change.test_id}`: " + "; ".join(change_lines(change)))
+        lines += ["", "</details>", ""]
+    unused = unused_baselines(state)
+    if unused:
+        lines += [f"{len(unused)} unused baseline entries: " + ", ".join(f"`{t}`" for _, t in unused), ""]
+    for name, pids in state.leftovers.items():
+        lines += [f"⚠️ server `{name}` left processes {pids} running after teardown", ""]
+    for e in state.results:
+        lines += [f"<details><summary>{'✅' if e.passed else '❌'} {e.kind} <code>{_short(e.nodeid)}</code> "
+                  f"({e.target})</summary>", "", "```text", e.table, "```", "", "</details>", ""]
+    return "\n".join(lines)

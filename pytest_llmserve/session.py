@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ class LlmserveSession:
     results: list[ResultEntry] = field(default_factory=list)
     collected_ids: set[str] = field(default_factory=set)
     leftovers: dict[str, list[int]] = field(default_factory=dict)
+    optimisations: dict[str, Any] = field(default_factory=dict)
+    xdist_worker: str | None = None  # "gw0"... on an xdist worker, whose controller merges and reports
 
     @classmethod
     def from_pytest(cls, pconfig: pytest.Config, progress: Callable[[str], None]) -> LlmserveSession:
@@ -65,7 +68,8 @@ class LlmserveSession:
         base_dir = path.parent if path else rootdir
         baselines = options.resolve(pconfig, "llmserve_baselines_dir") or cfg.baselines_dir or "baselines"
         log_dir = options.resolve(pconfig, "llmserve_log_dir")
-        log_path = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="llmserve-logs-"))
+        # created on first server start, so runs that start no server leave nothing behind
+        log_path = Path(log_dir) if log_dir else Path(tempfile.gettempdir()) / f"llmserve-logs-{os.getpid()}"
         json_path, md_path = (options.resolve(pconfig, k) for k in ("llmserve_report_json", "llmserve_report_md"))
         return cls(
             config=cfg,
@@ -84,10 +88,21 @@ class LlmserveSession:
 
     def shutdown(self) -> None:
         """Stop every server (whole process trees) and write the report files asked for."""
-        self.leftovers = self.pool.stop_all()
+        self.leftovers = {**self.leftovers, **self.pool.stop_all()}  # keeps those merged from xdist workers
+        if self.xdist_worker is not None:
+            return  # the controller writes the merged reports
         from .report import write_reports
 
         write_reports(self)
+
+    def optimisations_of(self, handle: Any) -> Any:
+        """The server's optimisations report, read once per server from its start-up evidence."""
+        from .evidence import optimisations_for
+
+        key = f"{handle.target.name}@{handle.base_url}"
+        if key not in self.optimisations:
+            self.optimisations[key] = optimisations_for(handle)
+        return self.optimisations[key]
 
     def target_tolerances(self, target: Target) -> dict:
         """Project-wide tolerances overlaid with the target's own."""

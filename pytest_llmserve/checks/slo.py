@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -34,7 +35,7 @@ def validate_limits(limits: Mapping[str, Any], where: str) -> dict[str, float]:
     for key, value in limits.items():
         if key not in LIMIT_KEYS:
             raise ValueError(f"{where}: unknown SLO {key}={value!r}; known: {', '.join(LIMIT_KEYS)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(
                 f"{where}: SLO {key}={value!r} must be a non-negative number "
                 f"({'milliseconds' if key.endswith('_ms') else 'a rate' if 'rate' in key else 'per second'})"

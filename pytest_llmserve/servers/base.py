@@ -100,6 +100,8 @@ class ServerHandle:
 
 def describe_exit(target: Target, code: int | None, log_path: Path | None, what: str) -> str:
     """One message naming the target, how it ended and the last lines of its log."""
+    if log_path is None:  # an external (`openai`) server: nothing of ours runs, there is no log to show
+        return f"server for target {target.name!r} {what}"
     how = "still running" if code is None else (f"killed by signal {-code}" if code < 0 else f"exit status {code}")
     tail = read_tail(log_path, 30)
     shown = "\n".join(f"  | {line}" for line in tail.splitlines()) or "  | (log is empty)"

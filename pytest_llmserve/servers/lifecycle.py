@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import Target
-from .base import Backend, LaunchPlan, ServerHandle, ServerStartError, describe_exit
+from .base import Backend, LaunchPlan, PortCollision, ServerHandle, ServerStartError, describe_exit
 from .openai import OpenAIBackend
 from .probes import served_models
 from .process import ManagedProcess, free_port, read_tail
@@ -93,7 +93,13 @@ def start_server(target: Target, log_dir: Path, progress: Callable[[str], None] 
         log_path = log_dir / f"{target.name}-{port}.log"
         progress(f"llmserve: starting {target.kind} target {target.name!r} on port {port} (log {log_path})")
         started = time.monotonic()
-        process = ManagedProcess.spawn(plan.argv, plan.env, log_path, cwd=plan.cwd)
+        try:
+            process = ManagedProcess.spawn(plan.argv, plan.env, log_path, cwd=plan.cwd)
+        except OSError as exc:  # e.g. a launcher that does not exist or is not executable
+            raise ServerStartError(
+                f"server for target {target.name!r} could not be started: {plan.argv[0]!r}: "
+                f"{exc.strerror or exc}; check the target's launcher (or that the server is installed)"
+            ) from None
         handle = ServerHandle(
             target=target, base_url=plan.base_url, model=target.model_name,
             process=process, log_path=log_path, metrics_url=plan.metrics_url, workdir=workdir,
@@ -102,10 +108,17 @@ def start_server(target: Target, log_dir: Path, progress: Callable[[str], None] 
             _wait_ready(handle, plan, target.startup_timeout_s)
         except ServerStartError as exc:
             process.terminate_tree()
-            if backend.is_port_collision(read_tail(log_path, 200)) and attempt < PORT_ATTEMPTS:
-                progress(f"llmserve: port {port} was taken, retrying with another port")
-                last_error = exc
-                continue
+            if backend.is_port_collision(read_tail(log_path, 200)):
+                if attempt < PORT_ATTEMPTS:
+                    progress(f"llmserve: port {port} was taken, retrying with another port")
+                    last_error = exc
+                    continue
+                raise PortCollision(f"target {target.name!r}: each of {PORT_ATTEMPTS} free ports was taken before "
+                                    f"the server could bind it (last: {port}); is something on this host grabbing "
+                                    f"ports? {exc}") from None
+            raise
+        except BaseException:  # Ctrl-C (or any other error) while waiting: leave nothing running
+            process.terminate_tree()
             raise
         handle.startup_s = time.monotonic() - started
         process.remember_tree()
@@ -136,7 +149,7 @@ def _wait_ready(handle: ServerHandle, plan: LaunchPlan, timeout_s: float) -> Non
             if time.monotonic() > deadline:
                 raise ServerStartError(
                     describe_exit(handle.target, None, handle.log_path,
-                                  f"was not ready after {timeout_s:.0f} s (startup_timeout_s; probe {probe.name}: {reason})")
+                                  f"was not ready after {timeout_s:g} s (startup_timeout_s; last probe: {reason})")
                 )
             time.sleep(POLL_S)
 

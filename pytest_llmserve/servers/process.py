@@ -12,6 +12,8 @@ from pathlib import Path
 
 import psutil
 
+from .watchdog import Watchdog
+
 TERM_GRACE_S = 15.0
 
 
@@ -42,6 +44,7 @@ class ManagedProcess:
     log_path: Path
     popen: subprocess.Popen[bytes]
     known_tree: set[int] = field(default_factory=set)
+    watchdog: Watchdog | None = None  # stops the group if pytest dies first
 
     @classmethod
     def spawn(cls, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> ManagedProcess:
@@ -59,7 +62,13 @@ class ManagedProcess:
                 cwd=cwd,
                 start_new_session=True,
             )
-        return cls(argv=argv, log_path=log_path, popen=popen, known_tree={popen.pid})
+        try:
+            watchdog = Watchdog.start(popen.pid, log_path, TERM_GRACE_S)
+        except BaseException:
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+            raise
+        return cls(argv=argv, log_path=log_path, popen=popen, known_tree={popen.pid}, watchdog=watchdog)
 
     @property
     def pid(self) -> int:
@@ -97,7 +106,10 @@ class ManagedProcess:
             self.popen.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
             pass
-        return self._survivors()
+        survivors = self._survivors()
+        if not survivors and self.watchdog is not None:
+            self.watchdog.release()  # stopped in order: the reaper exits without acting
+        return survivors
 
     def _signal_group(self, sig: signal.Signals) -> None:
         try:
