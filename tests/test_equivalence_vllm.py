@@ -19,7 +19,7 @@ PROMPTS = ROOT / "fixtures" / "prompts" / "stdlib-64.jsonl"
 N_PROMPTS = 32
 MAX_TOKENS = 32
 PERTURBED_LAYER = 1
-PERTURBED_SCALE = 0.5
+PERTURBED_SCALE = 1.0
 
 # One choice as vLLM 0.32 returns it with logprobs=2 and return_tokens_as_token_ids (shape checked against
 # the real server by test_real_vllm_response_has_the_parsed_shape).
