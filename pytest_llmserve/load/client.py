@@ -92,6 +92,7 @@ class ShardRunner(Transport):
         self._addr = await self._resolve()
         n_needed = spec.warmup + (spec.requests or 0) if spec.requests else 4096
         self.bodies = BodyPool(spec, self.model, n_needed)
+        self.render_requests()
         conns = await self._open_many(max(1, self._pool_size()))
         self._idle = conns
         self._sweep_handle = loop.call_later(self._sweep_period(), self._sweep)

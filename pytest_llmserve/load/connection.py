@@ -126,22 +126,32 @@ class Transport:
     loop: asyncio.AbstractEventLoop
     out: Any
 
+    def render_requests(self) -> None:
+        """Request bytes for every body, rendered by h11 before the measured window (httptools mode:
+        a burst of completions in a closed loop then re-sends at ~1 us each instead of ~30 us)."""
+        self._wire = []
+        if self.fast:
+            for i in range(len(self.bodies)):
+                self._wire.append(self._render(h11.Connection(h11.CLIENT), self.bodies[i]))
+
+    def _render(self, h: h11.Connection, body: bytes) -> bytes:
+        data = h.send(h11.Request(method="POST", target=self.target,
+                                  headers=[*self.headers, ("content-length", str(len(body)))]))
+        return data + h.send(_Data(data=body)) + h.send(_EndOfMessage())
+
     def _send(self, conn: Conn, raw: RawRequest, count_lag: bool) -> None:
-        body = self.bodies[raw.index]
-        # h11 renders the request (a fresh connection object when httptools parses the response)
-        h = conn.h if conn.parser is None else h11.Connection(h11.CLIENT)
-        try:
-            data = h.send(h11.Request(method="POST", target=self.target,
-                                      headers=[*self.headers, ("content-length", str(len(body)))]))
-            data += h.send(_Data(data=body)) + h.send(_EndOfMessage())
-        except h11.LocalProtocolError as exc:  # the connection is in a state we cannot use: replace it
-            raw.t_send = time.time_ns()
-            raw.fail("protocol_error", f"cannot send on this connection: {exc}")
-            self._finished(raw)
-            self._drop(conn)
-            return
         if conn.parser is not None:
+            data = self._wire[raw.index % len(self._wire)]
             conn.parser = _httptools.HttpResponseParser(conn)
+        else:  # h11 parses the response, so its connection state must see the request go out
+            try:
+                data = self._render(conn.h, self.bodies[raw.index])
+            except h11.LocalProtocolError as exc:  # the connection is in a state we cannot use: replace it
+                raw.t_send = time.time_ns()
+                raw.fail("protocol_error", f"cannot send on this connection: {exc}")
+                self._finished(raw)
+                self._drop(conn)
+                return
         conn.req = raw
         self._busy.add(conn)
         raw.t_send = raw.t_rx = t = time.time_ns()

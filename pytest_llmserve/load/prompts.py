@@ -69,6 +69,9 @@ class BodyPool:
     def __getitem__(self, index: int) -> bytes:
         return self._bodies[index % len(self._bodies)]
 
+    def __len__(self) -> int:
+        return len(self._bodies)
+
 
 def load_prompts(path: str | Path) -> tuple:
     """Read a JSONL prompts file: one `{"prompt": "text" | [token ids]}` per line; blank lines skipped."""

@@ -88,7 +88,7 @@ def build_result(spec: LoadSpec, shards: Sequence[Shard], options: ClientOptions
     raws = sorted((r for s in shards for r in s.raws), key=lambda r: r.index)
     records = [decode(r) for r in raws]
     summary = summarize(records, spec)
-    check = evaluate(shards, summary, spec, options.limits)
+    check = evaluate(shards, summary, spec, options.limits, records)
     reasons = list(check.reasons)
     if summary.requests and summary.completed == 0:
         kinds = ", ".join(f"{k} x{n}" for k, n in summary.errors.items())
