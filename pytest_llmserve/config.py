@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +42,26 @@ TARGET_KEYS = {
     "cuda_graphs": dict,
     "concurrency": list,
     "tolerance": dict,
+    "client": dict,
+    "cpus": str,
+    "client_cpus": str,
 }
+CLIENT_KEYS = ("max_send_lag_p99_ms", "max_merged_token_frac", "merged_lag_tolerance_ms", "max_loop_lag_p99_ms", "workers")
 TOP_KEYS = {"baselines_dir": str, "hardware": str, "targets": list, "tolerance": dict}
 DEFAULT_STARTUP_TIMEOUT_S = 600.0
 EXTERNAL_STARTUP_TIMEOUT_S = 30.0  # an already-running server that is not up in 30 s is down
+
+
+_CPU_LIST = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
+
+
+def parse_cpu_list(text: str) -> set[int]:
+    """'0,2-3' -> {0, 2, 3}."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
 
 
 class ConfigError(Exception):
@@ -85,6 +102,9 @@ class Target:
     cuda_graphs: Mapping[str, Any] = field(default_factory=dict)
     concurrency: tuple[int, ...] = (1, 4, 16)
     tolerance: Mapping[str, Tolerance] = field(default_factory=dict)
+    client: Mapping[str, float] = field(default_factory=dict)  # load-client self-check limits, workers
+    cpus: str | None = None  # run the server under `taskset -c CPUS`
+    client_cpus: str | None = None  # pin the load client (the pytest process) to these CPUs while it runs
     source: str = "<memory>"
 
     @property
@@ -223,6 +243,17 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
             CudaGraphRequirement.from_config(raw["cuda_graphs"], where=f"{where}.cuda_graphs")
         except ValueError as exc:
             err.fail(f"{where}.cuda_graphs", raw["cuda_graphs"], str(exc))
+    client = dict(raw.get("client", {}))
+    for key, value in client.items():
+        if key not in CLIENT_KEYS:
+            err.fail(f"{where}.client.{key}", value, f"unknown key; known: {', '.join(CLIENT_KEYS)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            err.fail(f"{where}.client.{key}", value, "must be a finite non-negative number")
+        if key == "workers" and (not isinstance(value, int) or value < 1):
+            err.fail(f"{where}.client.{key}", value, "must be an integer >= 1")
+    for key in ("cpus", "client_cpus"):
+        if key in raw and not _CPU_LIST.fullmatch(raw[key]):
+            err.fail(f"{where}.{key}", raw[key], "must be a CPU list like '0', '0-3' or '0,2-3'")
     concurrency = raw.get("concurrency", [1, 4, 16])
     if not concurrency or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in concurrency):
         err.fail(f"{where}.concurrency", concurrency, "must be a non-empty list of integers >= 1")
@@ -244,6 +275,9 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
         cuda_graphs=dict(raw.get("cuda_graphs", {})),
         concurrency=tuple(concurrency),
         tolerance=_parse_tolerances(err, raw.get("tolerance", {}), f"{where}.tolerance"),
+        client=client,
+        cpus=raw.get("cpus"),
+        client_cpus=raw.get("client_cpus"),
         source=source,
     )
 

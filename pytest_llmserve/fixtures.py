@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import pytest
 
 from . import benchmark_bridge
-from .config import ConfigError, Target
-from .load import LoadSpec, RunResult, run_load
+from .config import ConfigError, Target, parse_cpu_list
+from .load import CheckLimits, ClientOptions, LoadSpec, RunResult, run_load
 from .outcome import LoadOutcome
-from .progress import Heartbeat, ServerRequestCounter, pytest_emitter
+from .progress import Heartbeat, pytest_emitter
 from .server_metrics import MetricsSampler
 from .servers.base import ServerError, ServerHandle
 from .session import get_session
@@ -79,7 +80,8 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
             pytest.fail(f"llm_load({', '.join(f'{k}={v!r}' for k, v in spec_args.items())}): {exc}", pytrace=False)
         sampler = MetricsSampler(llm_server.metrics_url).start() if llm_server.metrics_url else None
         shape = f"rate={spec.rate}/s" if spec.rate else f"c={spec.concurrency}"
-        status = ServerRequestCounter(llm_server.metrics_url) if llm_server.metrics_url else None
+        # no /metrics polling from this process during the run: it stalls the client (measured)
+        status = None
         try:
             with Heartbeat(pytest_emitter(request.config), f"{llm_server.target.name} {shape}", status=status,
                            total=spec.warmup + spec.requests if spec.requests else None, source="server count"):
@@ -112,6 +114,18 @@ def _fail_with_death(server: ServerHandle) -> None:
 
 
 def _run(server: ServerHandle, spec: LoadSpec) -> RunResult:
+    """Run the load, with the client pinned to the target's `client_cpus` while it runs."""
+    if not server.target.client_cpus:
+        return _run_client(server, spec)
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, parse_cpu_list(server.target.client_cpus))
+    try:
+        return _run_client(server, spec)
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _run_client(server: ServerHandle, spec: LoadSpec) -> RunResult:
     """One client for every kind: OpenAI streaming, or Triton's generate_stream / gRPC stream."""
     if server.target.kind == "triton":
         from .load.triton_client import run_triton_load
@@ -119,4 +133,11 @@ def _run(server: ServerHandle, spec: LoadSpec) -> RunResult:
 
         endpoints = triton_endpoints(server.base_url)
         return run_triton_load(endpoints, spec, protocol=load_protocol(server.target)).to_run_result()
-    return run_load(server.base_url, server.model, spec)
+    return run_load(server.base_url, server.model, spec, options=client_options(server.target))
+
+
+def client_options(target: Target) -> ClientOptions:
+    """The target's `client` table: self-check limits (and client processes) for this server."""
+    limits = {k: float(v) for k, v in target.client.items() if k != "workers"}
+    workers = int(target.client.get("workers", 1))
+    return ClientOptions(limits=CheckLimits(**limits), workers=workers)

@@ -22,12 +22,12 @@ preemption counter; paused requests (its name for preempted ones) are reported a
 from __future__ import annotations
 
 import json
-import threading
+import multiprocessing
+import urllib.request
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-import httpx
 
 KV_HIGH = 0.95
 
@@ -198,9 +198,12 @@ def summarize_samples(samples: list[Sample], errors: int = 0, kv_high: float = K
 
 @dataclass
 class MetricsSampler:
-    """Scrape `url` every `interval_s` on a background thread between `start()` and `stop()`.
+    """Scrape `url` every `interval_s` from a child process between `start()` and `stop()`.
 
-    `start()` takes a first sample before returning and `stop()` a last one after the thread ends,
+    The scraping runs in its own process and keeps raw text only; parsing happens after `stop()`.
+    A thread in the load client's process was measured to stall its event loop by hundreds of
+    milliseconds (GIL held while fetching and parsing vLLM's large /metrics page), which made the
+    client's own self-check reject the run. `start()` and `stop()` each take a sample in-process,
     so counters have a before/after pair even for runs shorter than one interval.
     """
 
@@ -212,38 +215,57 @@ class MetricsSampler:
     summary: MetricsSummary | None = None  # set by stop()
 
     def __post_init__(self) -> None:
-        self._client = httpx.Client(timeout=self.timeout_s)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._stop = None
+        self._receiver = None
 
     def sample_once(self) -> Sample | None:
         try:
-            response = self._client.get(self.url)
-            response.raise_for_status()
-            source, values = parse_payload(response.text, response.headers.get("content-type", ""))
+            text, content_type = _fetch(self.url, self.timeout_s)
         except Exception as exc:  # noqa: BLE001 - a failed scrape is counted, never fatal to the run
             self.errors.append(f"{type(exc).__name__}: {exc}"[:300])
             return None
-        sample = Sample(t_ns=time.time_ns(), source=source, values=values)
+        return self._add(time.time_ns(), text, content_type)
+
+    def _add(self, t_ns: int, text: str, content_type: str) -> Sample | None:
+        try:
+            source, values = parse_payload(text, content_type)
+        except Exception as exc:  # noqa: BLE001
+            self.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+            return None
+        sample = Sample(t_ns=t_ns, source=source, values=values)
         self.samples.append(sample)
         return sample
 
     def start(self) -> MetricsSampler:
         self.sample_once()
-        self._thread = threading.Thread(target=self._loop, name="llmserve-metrics", daemon=True)
-        self._thread.start()
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._receiver, sender = context.Pipe(duplex=False)
+        self._process = context.Process(target=_scrape_loop, name="llmserve-metrics", daemon=True,
+                                        args=(self.url, self.interval_s, self.timeout_s, self._stop, sender))
+        self._process.start()
+        sender.close()
         return self
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample_once()
-
     def stop(self) -> MetricsSummary:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.timeout_s + self.interval_s + 1)
+        raw: list[tuple[int, str, str]] = []
+        if self._process is not None:
+            self._stop.set()
+            try:
+                if self._receiver.poll(self.timeout_s + self.interval_s + 5):
+                    raw, errors = self._receiver.recv()
+                    self.errors.extend(errors)
+            except (EOFError, OSError) as exc:
+                self.errors.append(f"metrics scraper ended without results: {exc}")
+            self._process.join(2)
+            if self._process.is_alive():
+                self._process.kill()
+            self._process = None
+        for t_ns, text, content_type in raw:
+            self._add(t_ns, text, content_type)
         self.sample_once()
-        self._client.close()
+        self.samples.sort(key=lambda sample: sample.t_ns)
         self.summary = summarize_samples(self.samples, errors=len(self.errors))
         return self.summary
 
@@ -251,5 +273,25 @@ class MetricsSampler:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        if not self._stop.is_set():
+        if self.summary is None:
             self.stop()
+
+
+def _fetch(url: str, timeout_s: float) -> tuple[str, str]:
+    """GET a metrics page with the standard library (cheap to import in the scraper process)."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - our own server
+        return response.read().decode("utf-8", "replace"), response.headers.get("content-type", "")
+
+
+def _scrape_loop(url: str, interval_s: float, timeout_s: float, stop: Any, sender: Any) -> None:
+    """Child process: fetch raw pages until told to stop, then send them all back in one message."""
+    raw: list[tuple[int, str, str]] = []
+    errors: list[str] = []
+    while not stop.wait(interval_s):
+        try:
+            text, content_type = _fetch(url, timeout_s)
+            raw.append((time.time_ns(), text, content_type))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"{type(exc).__name__}: {exc}"[:300])
+    sender.send((raw, errors))
+    sender.close()

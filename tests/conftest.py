@@ -14,13 +14,14 @@ from pytest_llmserve.servers.lifecycle import ServerPool
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ROOT / "fixtures" / "tiny-llama"
 VLLM_ARGS = ("--max-model-len", "1024", "--max-num-seqs", "32")
-VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0"}
 
 
 def vllm_target(name: str, model: Path, *extra_args: str) -> Target:
     """A CPU vLLM target for tests (bf16, small KV cache, generous start-up time)."""
     return Target(name=name, kind="vllm", model=str(model), dtype="bfloat16",
-                  args=VLLM_ARGS + tuple(extra_args), env=VLLM_ENV, startup_timeout_s=600)
+                  args=VLLM_ARGS + tuple(extra_args), env=VLLM_ENV, startup_timeout_s=600,
+                  cpus="0", client_cpus="1")
 
 
 def _vllm_available() -> bool:

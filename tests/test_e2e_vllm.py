@@ -24,7 +24,9 @@ kind = "vllm"
 model = "{model}"
 dtype = "bfloat16"
 args = ["--max-model-len", "512", "--max-num-seqs", "16"]
-env = {{ VLLM_CPU_KVCACHE_SPACE = "1", HF_HUB_OFFLINE = "1" }}
+env = {{ VLLM_CPU_KVCACHE_SPACE = "1", HF_HUB_OFFLINE = "1", VLLM_CPU_OMP_THREADS_BIND = "0" }}
+cpus = "0"
+client_cpus = "1"
 startup_timeout_s = 900
 concurrency = [2]
 slo = {{ ttft_p95_ms = 60000, e2e_p95_ms = 120000 }}

@@ -71,14 +71,14 @@ def test_merged_chunks_with_a_prompt_loop_are_attributed_to_the_server() -> None
     shard = Shard(raws=[], loop_lag_ns=[100_000] * 99 + [4_000_000], read_lag_ns=[50_000] * 100)
     check = evaluate([shard], _summary(merged=30, chunks=100), LoadSpec(), CheckLimits())
     assert check.valid and check.notes and "the server sent them together" in check.notes[0]
-    assert "within 4.0 ms" in check.notes[0]
+    assert check.merged_by_client_frac == 0.0
 
 
 def test_merged_chunks_with_a_late_loop_are_the_clients_fault() -> None:
     shard = Shard(raws=[], loop_lag_ns=[100_000] * 99 + [8_000_000])  # one 8 ms stall is enough
     check = evaluate([shard], _summary(merged=30, chunks=100), LoadSpec(), CheckLimits())
     assert not check.valid and check.reasons[0].startswith("30.0% of token chunks")
-    assert "up to 8.0 ms late" in check.reasons[0]
+    assert "event-loop delay max 8.0 ms" in check.reasons[0]
     lenient = evaluate([shard], _summary(merged=30, chunks=100), LoadSpec(), CheckLimits(max_merged_token_frac=0.5))
     assert lenient.valid
     tolerant = evaluate([shard], _summary(merged=30, chunks=100), LoadSpec(), CheckLimits(merged_lag_tolerance_ms=10))
@@ -96,3 +96,37 @@ def test_limits_are_configurable_through_client_options() -> None:
         limits = CheckLimits(max_loop_lag_p99_ms=-1.0)  # impossible to meet: always invalid
         result = asyncio.run(run_load_async(srv.url, "truth-model", spec, options=ClientOptions(limits=limits)))
     assert not result.valid and "event-loop delay" in result.invalid_reasons[0]
+
+
+def test_each_merge_is_judged_by_how_late_the_client_was_when_it_read_it() -> None:
+    from pytest_llmserve.load.records import RawRequest, decode
+
+    ms = 1_000_000
+    t0 = 10**18
+
+    def record(index: int, times: list[int]):  # noqa: ANN202
+        r = RawRequest(index, False, None)
+        r.t_send, r.status = t0, 200
+        for k, t in enumerate(times):
+            r.ev_ts.append(t)
+            r.ev_data.append(b'{"choices":[{"text":" x","finish_reason":%s}]}' % (b'"length"' if k == 3 else b"null"))
+        r.ev_ts.append(times[-1])
+        r.ev_data.append(b"[DONE]")
+        return decode(r)
+
+    # request 0's first two tokens were read together at +100 ms, while the loop was prompt: a server burst;
+    # request 1's were read together at +400 ms, right after a 30 ms stall of the loop: the client's fault
+    records = [record(0, [t0 + 100 * ms, t0 + 100 * ms, t0 + 110 * ms, t0 + 120 * ms]),
+               record(1, [t0 + 400 * ms, t0 + 400 * ms, t0 + 410 * ms, t0 + 420 * ms])]
+    probes = list(range(t0, t0 + 600 * ms, 5 * ms))
+    lags = [30 * ms if abs(t - (t0 + 401 * ms)) < 3 * ms else 100_000 for t in probes]
+    shard = Shard(raws=[], loop_lag_ns=lags, probe_at_ns=probes,
+                  multi_reads={t0 + 100 * ms: t0 + 100 * ms + 50_000, t0 + 400 * ms: t0 + 401 * ms})
+    summary = _summary(merged=2, chunks=8)
+    summary.completed, summary.merged_first_tokens = 2, 2
+    check = evaluate([shard], summary, LoadSpec(), CheckLimits(), records)
+    assert check.merged_by_client_frac == 0.5  # one of the two first tokens
+    assert not check.valid and "first tokens: 50.0%) while the client was more than 5 ms late" in check.reasons[0]
+    prompt = Shard(raws=[], loop_lag_ns=[100_000] * len(probes), probe_at_ns=probes, multi_reads=shard.multi_reads)
+    check = evaluate([prompt], summary, LoadSpec(), CheckLimits(), records)
+    assert check.valid and check.merged_by_client_frac == 0.0 and "server sent them together" in check.notes[0]

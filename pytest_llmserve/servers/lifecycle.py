@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,8 @@ def start_server(target: Target, log_dir: Path, progress: Callable[[str], None] 
         workdir = log_dir / f"{target.name}-{port}"
         workdir.mkdir(parents=True, exist_ok=True)
         plan = backend.plan(target, port, workdir)
+        if target.cpus:  # the whole server tree on these CPUs (e.g. leave a core to the load client)
+            plan = dataclasses.replace(plan, argv=["taskset", "-c", target.cpus, *plan.argv])
         for path, text in plan.files.items():
             path.write_text(text)
         log_path = log_dir / f"{target.name}-{port}.log"
