@@ -172,7 +172,7 @@ def test_cli_usage_errors_exit_3_not_2_which_means_inconclusive(args, message, c
 
 def test_promotion_suite_fails_a_slower_candidate_and_reports_it(pytester):
     suite = (Path(__file__).resolve().parents[1] / "suites" / "test_promotion.py").read_text()
-    pytester.makepyfile(test_promotion=suite)
+    pytester.makepyfile(test_promotion_suite_copy=suite)  # a name no module in tests/ has
     with TruthServer(Script(ttft_ms=5, itl_ms=20)) as fast, TruthServer(Script(ttft_ms=150, itl_ms=20)) as slow:
         pytester.makefile(".toml", llmserve=f"""
 [[targets]]
