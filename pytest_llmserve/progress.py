@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import httpx
 
+from .servers.probes import NOT_READY_ERRORS
+
 Emit = Callable[[str], None]
 _EMIT_LOCK = threading.Lock()  # the heartbeat thread and the main thread may both write
 
@@ -168,7 +170,7 @@ class ServerRequestCounter:
     def _read(self) -> float | None:
         try:
             text = httpx.get(self.url, timeout=self.timeout_s).text
-        except httpx.HTTPError:
+        except NOT_READY_ERRORS:
             return None
         values = [float(v) for v in _COUNTER.findall(text)]
         return sum(values) if values else None

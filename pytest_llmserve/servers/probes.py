@@ -7,6 +7,16 @@ import httpx
 from .base import Probe
 
 PROBE_TIMEOUT_S = 10.0
+# What a server that is not up yet can make a control-plane call raise: httpx's own errors, and the
+# transport's (httpcore) or the socket's when they get past httpx's mapping, as one run of the suite saw
+# ("httpcore.ConnectError: connection refused" escaping a readiness probe). A probe reports them all.
+NOT_READY_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError)
+try:
+    import httpcore
+
+    NOT_READY_ERRORS += (httpcore.NetworkError, httpcore.TimeoutException, httpcore.ProtocolError)
+except ImportError:  # pragma: no cover - httpx always brings httpcore
+    pass
 
 
 def http_ok(path: str) -> Probe:
@@ -15,7 +25,7 @@ def http_ok(path: str) -> Probe:
     def check(base_url: str) -> str | None:
         try:
             response = httpx.get(base_url + path, timeout=PROBE_TIMEOUT_S)
-        except httpx.HTTPError as exc:
+        except NOT_READY_ERRORS as exc:
             return f"GET {path}: {type(exc).__name__}"
         return None if response.status_code == 200 else f"GET {path}: HTTP {response.status_code}"
 
@@ -29,7 +39,7 @@ def completion_ok(model: str) -> Probe:
         body = {"model": model, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
         try:
             response = httpx.post(base_url + "/v1/completions", json=body, timeout=60.0)
-        except httpx.HTTPError as exc:
+        except NOT_READY_ERRORS as exc:
             return f"POST /v1/completions: {type(exc).__name__}"
         if response.status_code != 200:
             return f"POST /v1/completions: HTTP {response.status_code}: {response.text[:200]}"

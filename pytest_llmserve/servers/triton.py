@@ -31,7 +31,7 @@ from ..engines import EngineError, EngineHandle, EngineSpec, detect_toolchain, p
 from ..engines.config import is_engine_dir
 from ..triton_repo import TEMPLATES_ENV, TritonRepoError, generate_repository
 from .base import LaunchPlan, Probe, ServerStartError
-from .probes import PROBE_TIMEOUT_S
+from .probes import NOT_READY_ERRORS, PROBE_TIMEOUT_S
 from .process import free_port
 
 DEFAULT_LAUNCHER = ("tritonserver",)
@@ -165,7 +165,7 @@ def triton_ready(model: str) -> Probe:
         for path in ("/v2/health/ready", f"/v2/models/{model}/ready"):
             try:
                 response = httpx.get(base_url + path, timeout=PROBE_TIMEOUT_S)
-            except httpx.HTTPError as exc:
+            except NOT_READY_ERRORS as exc:
                 return f"GET {path}: {type(exc).__name__}"
             if response.status_code != 200:
                 return f"GET {path}: HTTP {response.status_code}"
