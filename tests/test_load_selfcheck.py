@@ -130,3 +130,35 @@ def test_each_merge_is_judged_by_how_late_the_client_was_when_it_read_it() -> No
     prompt = Shard(raws=[], loop_lag_ns=[100_000] * len(probes), probe_at_ns=probes, multi_reads=shard.multi_reads)
     check = evaluate([prompt], summary, LoadSpec(), CheckLimits(), records)
     assert check.valid and check.merged_by_client_frac == 0.0 and "server sent them together" in check.notes[0]
+
+
+def test_only_a_stall_still_going_on_when_the_later_chunk_arrived_blames_the_client() -> None:
+    from pytest_llmserve.load.records import RawRequest, decode
+
+    ms = 1_000_000
+    t0 = 10**18
+
+    def record(times: list[int]):  # noqa: ANN202
+        r = RawRequest(0, False, None)
+        r.t_send, r.status = t0, 200
+        for k, t in enumerate(times):
+            r.ev_ts.append(t)
+            r.ev_data.append(b'{"choices":[{"text":" x","finish_reason":%s}]}' % (b'"length"' if k == 2 else b"null"))
+        r.ev_ts.append(times[-1])
+        r.ev_data.append(b"[DONE]")
+        return decode(r)
+
+    merged_at = t0 + 200 * ms  # tokens 1 and 2 read together, promptly (50 us after the later one arrived)
+    records = [record([t0 + 190 * ms, merged_at, merged_at])]
+    probes = list(range(t0, t0 + 400 * ms, 5 * ms))
+    summary = _summary(merged=1, chunks=3)
+    summary.completed = 1
+
+    def verdict(stall_fired_at: int) -> float:
+        lags = [20 * ms if t == stall_fired_at else 50_000 for t in probes]
+        shard = Shard(raws=[], loop_lag_ns=lags, probe_at_ns=probes, multi_reads={merged_at: merged_at + 50_000})
+        return evaluate([shard], summary, LoadSpec(), CheckLimits(), records).merged_by_client_frac
+
+    assert verdict(t0 + 195 * ms) == 0.0  # a 20 ms stall that ended 5 ms before: token 1 was read alone after it
+    assert verdict(t0 + 205 * ms) > 0.0  # the same stall ending 5 ms after: it covered the arrival, token 1 waited
+    assert verdict(t0 + 300 * ms) == 0.0  # long after: nothing to do with it

@@ -60,19 +60,22 @@ def _client_merges(shards: Sequence[Any], records: Sequence[RequestRecord], tole
                    fallback_ns: int) -> tuple[int, int]:
     """Merged token chunks (and first tokens) the client is to blame for.
 
-    Two chunks share a read when nobody read the socket between their arrivals: the server sent them
-    together (harmless: their true gap is tiny), or the client's loop was busy or descheduled through
-    the gap. For each such read, the event-loop probes that fired around the time it was processed
-    (+-10 ms), and the read's own lag, show how late the client was then; only merges where that
-    exceeds the tolerance count against the client, and that lateness bounds their timestamp error.
+    Two chunks i, i+1 share a read (stamped T, the later arrival) when nobody read the socket between
+    their arrivals: the server sent them together (harmless: their true gap is tiny), or the client was
+    stalled from chunk i's arrival through T (a long loop iteration or being descheduled), so that
+    chunk i is stamped late by its true gap. Only a stall that was still going on at T can do that; one
+    that ended before T let the loop read chunk i alone. A probe firing at `fire` with delay `lag` saw
+    the loop busy over about [fire - lag - interval, fire]; a merge counts against the client when such
+    a stall longer than the tolerance covers T, or when the read itself came later than that after T.
     """
     probes = sorted((t, lag) for s in shards for t, lag in zip(getattr(s, "probe_at_ns", ()), s.loop_lag_ns))
     at = np.array([t for t, _ in probes], dtype=np.int64)
     lag = np.array([x for _, x in probes], dtype=np.int64)
+    interval = int(np.median(np.diff(at))) if len(at) > 2 else 5_000_000
+    horizon = int(lag.max()) + interval if len(lag) else 0
     processed: dict[int, int] = {}
     for s in shards:
         processed.update(getattr(s, "multi_reads", {}))
-    window = 10_000_000
     cache: dict[int, bool] = {}
 
     def late(t_read: int) -> bool:
@@ -81,8 +84,10 @@ def _client_merges(shards: Sequence[Any], records: Sequence[RequestRecord], tole
             if t_proc is None or not len(at):
                 worst = fallback_ns
             else:
-                i0, i1 = np.searchsorted(at, [t_proc - window, t_proc + window])
-                worst = max(int(lag[i0:i1].max()) if i1 > i0 else 0, t_proc - t_read)
+                i0, i1 = np.searchsorted(at, [t_read, t_read + horizon])
+                fire, delay = at[i0:i1], lag[i0:i1]
+                covering = delay[fire - delay - interval <= t_read]
+                worst = max(int(covering.max()) if len(covering) else 0, t_proc - t_read)
             cache[t_read] = worst > tolerance_ns
         return cache[t_read]
 
