@@ -116,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nice", type=int, default=0, help="nice value for server and clients (negative needs root)")
     p.add_argument("--ablations", default="", help="stream counts at which to run our client with each technique off")
     p.add_argument("--saturation", action="store_true", help="also run 2048 streams at 1 ms ITL (must be INVALID)")
-    p.add_argument("--saturation-server-cpu", help="cpu list for the saturation server (default: --server-cpu)")
-    p.add_argument("--saturation-server-processes", type=int, default=1,
-                   help="truth server processes for the saturation run (more than one core can send)")
+    p.add_argument("--saturation-server-cpu", default=None,
+                   help="cpu list for the saturation server (default: every cpu, the client's included)")
+    p.add_argument("--saturation-server-processes", type=int, default=None,
+                   help="truth server processes for the saturation run (default: one per cpu of its list)")
     p.add_argument("--json", help="write all rows here")
     a = p.parse_args(argv)
     tools = [t.strip() for t in a.tools.split(",") if t.strip()]
@@ -160,9 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     if a.saturation:
-        print("# saturation: 2048 streams at 1 ms ITL, 64 tokens; the client must flag itself INVALID")
-        sat = TruthProcess(a.saturation_server_cpu or a.server_cpu, a.ttft_ms, 1.0, a.nice,
-                           a.saturation_server_processes)
+        # One server process on its own core cannot outpace the client (it is the bottleneck: its chunks come
+        # in bursts and the client, on time, reports them right). To saturate the client, the server runs on
+        # every core, the client's included, one process per core.
+        sat_cpus = a.saturation_server_cpu or ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+        sat_procs = a.saturation_server_processes or len(sat_cpus.split(","))
+        print(f"# saturation: 2048 streams at 1 ms ITL, 64 tokens, {sat_procs} server process(es) on cpus {sat_cpus} "
+              f"(sharing the client's cpu {client_cpus[0]}); the client must flag itself INVALID")
+        sat = TruthProcess(sat_cpus, a.ttft_ms, 1.0, a.nice, sat_procs)
         try:
             run = Run(sat.url, 2048, 2048, a.input_len, 64, client_cpus[0], a.nice)
             run_tool("llmserve (saturated)", lambda r: ours(r, (), "llmserve (saturated)"), run, sat, rows, 2048)
