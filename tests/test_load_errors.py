@@ -107,3 +107,20 @@ def test_a_keepalive_connection_the_server_closed_is_retried_once_not_counted(pa
     result, truth = run(Script(ttft_ms=2, itl_ms=1, drop_keepalive=True), parser, concurrency=1, requests=4)
     assert result.summary.errors == {} and result.summary.completed == 4
     assert len(truth) == 4 and result.client_check.reconnects >= 3
+
+
+def test_a_server_that_dies_mid_run_fails_the_unsent_rest_at_once_and_invalidates_the_run() -> None:
+    import threading
+
+    spec = LoadSpec(concurrency=1, requests=3000, warmup=0, output_len=2, request_timeout_s=5.0)
+    srv = TruthServer(Script(ttft_ms=1, itl_ms=1))
+    srv.start()
+    threading.Timer(0.3, srv.stop).start()
+    result = run_load(srv.url, "truth-model", spec, options=ClientOptions(give_up_unreachable_s=0.3))
+    unsent = [r for r in result.records if r.error_message and r.error_message.startswith("not sent:")]
+    # without giving up, each of the ~2900 requests left would take one 50 ms reconnect attempt (minutes)
+    assert len(unsent) > spec.requests // 2
+    assert result.summary.completed > 0 and result.summary.requests == spec.requests
+    assert not result.valid
+    assert any("the server stopped accepting connections mid-run" in r and f"{len(unsent)} of 3000" in r
+               for r in result.invalid_reasons)

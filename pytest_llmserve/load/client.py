@@ -38,6 +38,7 @@ class Shard:
     reconnects: int = 0
     probe_at_ns: list[int] = field(default_factory=list)  # when each loop_lag_ns sample was taken
     multi_reads: dict[int, int] = field(default_factory=dict)  # reads with 2+ events: arrival -> processed at
+    gave_up: str | None = None  # why the requests left were not sent (the server stopped accepting connections)
 
 
 class ShardRunner(Transport):
@@ -74,6 +75,8 @@ class ShardRunner(Transport):
         self._done: asyncio.Future | None = None
         self._probe_due = 0
         self._pending_sends = 0  # open loop: requests waiting for a new connection
+        self._unreachable_since: float | None = None  # first of the reconnects failing in a row
+        self._gave_up: str | None = None  # why the rest of the requests were not sent
 
     def _my_share(self, n: int) -> range:
         return range(self.shard, n, self.shards)
@@ -147,6 +150,10 @@ class ShardRunner(Transport):
     async def _closed_phase(self, indices: Iterator[int], width: int) -> None:
         self._indices = indices
         self._done = self.loop.create_future()
+        if self._gave_up is not None:  # the server went away in an earlier phase (warm-up)
+            self._fail_rest()
+            await self._done
+            return
         starters, self._idle = self._idle[:width], self._idle[width:]
         for c in starters:
             c.t_free = 0
@@ -233,16 +240,40 @@ class ShardRunner(Transport):
                 return
             # no connection: the request this slot would send fails now; retry a little later
             if self.spec.rate is None and self._can_issue():
+                now = time.monotonic()
+                if self._unreachable_since is None:
+                    self._unreachable_since = now
+                if now - self._unreachable_since >= self.opt.give_up_unreachable_s:
+                    self._give_up(exc)
+                    return
                 i = next(self._indices, None)
                 if i is not None:
-                    raw = RawRequest(i, not self._measured, None)
-                    raw.t_send = raw.t_end = time.time_ns()
-                    raw.fail("connect_error", f"{type(exc).__name__}: {exc}")
-                    self.out.raws.append(raw)
+                    self._fail_unsent(i, f"{type(exc).__name__}: {exc}")
                     await asyncio.sleep(0.05)
                     self._spawn(self._reopen())
             return
+        self._unreachable_since = None
         self._on_free(conn)
+
+    def _fail_unsent(self, index: int, message: str) -> None:
+        raw = RawRequest(index, not self._measured, None)
+        raw.t_send = raw.t_end = time.time_ns()
+        raw.fail("connect_error", message)
+        self.out.raws.append(raw)
+
+    def _give_up(self, exc: OSError) -> None:
+        """Every reconnect failed for give_up_unreachable_s: fail what is left at once and stop issuing."""
+        self._gave_up = self.out.gave_up = (
+            f"not sent: every connection to the server failed for {self.opt.give_up_unreachable_s:g} s "
+            f"(last: {type(exc).__name__}: {exc})")
+        self._fail_rest()
+
+    def _fail_rest(self) -> None:
+        if self.spec.requests is not None or not self._measured:  # finite: record each unsent request
+            for i in self._indices:
+                self._fail_unsent(i, self._gave_up or "")
+        self._indices = iter(())
+        self._maybe_done()
 
     async def _connect_and_send(self, raw: RawRequest, count_lag: bool = True) -> None:
         self._pending_sends += 1

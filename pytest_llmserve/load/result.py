@@ -95,6 +95,11 @@ def build_result(spec: LoadSpec, shards: Sequence[Shard], options: ClientOptions
         first = next((r for r in records if not r.warmup and not r.ok), None)
         reasons.append(f"all {summary.requests} requests failed ({kinds})"
                        + (f"; first: {first.error_message}" if first and first.error_message else ""))
+    gave_up = next((s.gave_up for s in shards if s.gave_up), None)
+    if gave_up is not None and summary.completed:  # (when none completed, the reason above says it all)
+        unsent = sum(1 for r in records if not r.warmup and r.error_message == gave_up)
+        reasons.append(f"the server stopped accepting connections mid-run: {unsent} of {summary.requests} requests "
+                       f"were {gave_up}")
     if summary.token_mismatches:
         reasons.append(
             f"{summary.token_mismatches} of {summary.completed} responses did not decode exactly "

@@ -108,6 +108,9 @@ class ClientOptions:
     read_buffer: int = 1 << 20  # bytes per recvmsg_into
     probe_interval_s: float = 0.005  # event-loop lag probe period
     connect_timeout_s: float = 10.0
+    # closed loop: after this long with every reconnect failing (a dead server), the requests not yet sent
+    # are failed at once instead of one per retry (20 000 requests would take 1 000 s)
+    give_up_unreachable_s: float = 3.0
     workers: int = 1  # client processes (sync run_load only); each runs its share of the load
     headers: tuple[tuple[str, str], ...] = ()  # extra request headers, e.g. (("authorization", "Bearer x"),)
     limits: CheckLimits = field(default_factory=CheckLimits)
