@@ -237,7 +237,7 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
             err.fail(f"{where}.slo.{key}", value, "must be a finite non-negative number (leave the key out for no limit)")
     if "cuda_graphs" in raw:
-        from .checks.graphs import CudaGraphRequirement
+        from .checks.graph_requirement import CudaGraphRequirement
 
         try:
             CudaGraphRequirement.from_config(raw["cuda_graphs"], where=f"{where}.cuda_graphs")

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .checks.graphs import CudaGraphRequirement, GraphVerdict, assert_cuda_graphs as _assert_verdict
+from .checks.graph_requirement import CudaGraphRequirement, assert_cuda_graphs as _assert_verdict
+from .checks.graphs import GraphVerdict
 from .checks.optimisations import OptimisationsReport, collect_optimisations
 from .servers.base import ServerHandle
 

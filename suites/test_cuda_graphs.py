@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmserve.checks.graphs import CudaGraphRequirement
+from pytest_llmserve.checks.graph_requirement import CudaGraphRequirement
 from pytest_llmserve.evidence import requirement_of
 from pytest_llmserve.session import ResultEntry, get_session
 

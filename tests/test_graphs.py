@@ -10,17 +10,15 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pytest_llmserve.checks.graph_requirement import CudaGraphRequirement, assert_cuda_graphs, parse_batch_sizes
 from pytest_llmserve.checks.graphs import (
-    CudaGraphRequirement,
     GraphVerdict,
-    assert_cuda_graphs,
     detect_cuda_graphs,
     detect_triton,
     detect_trtllm,
     detect_vllm,
     format_sizes,
     locate_key,
-    parse_batch_sizes,
     pbtxt_parameters,
     read_log,
 )
