@@ -4,6 +4,8 @@ One ShardRunner runs one shard of a LoadSpec on the running event loop; several 
 a shard (runner.py). Around the measured window gc is frozen and disabled (no collector pauses),
 the event loop's own delay is probed every 5 ms, and each open-loop send's lateness against its
 schedule is recorded: the self-check's inputs (check.py). The hot path is in connection.py.
+A server that refuses every reconnect for `give_up_unreachable_s` ends a closed-loop run at once:
+the requests left are recorded as not sent and the run is invalid (result.py).
 """
 
 from __future__ import annotations
