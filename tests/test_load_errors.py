@@ -109,11 +109,12 @@ def test_a_keepalive_connection_the_server_closed_is_retried_once_not_counted(pa
     assert len(truth) == 4 and result.client_check.reconnects >= 3
 
 
-def test_a_server_that_dies_mid_run_fails_the_unsent_rest_at_once_and_invalidates_the_run() -> None:
+@pytest.mark.parametrize("drop_keepalive", [False, True])  # True: every request goes through the resend path
+def test_a_server_that_dies_mid_run_fails_the_unsent_rest_at_once_and_invalidates_the_run(drop_keepalive) -> None:
     import threading
 
     spec = LoadSpec(concurrency=1, requests=3000, warmup=0, output_len=2, request_timeout_s=5.0)
-    srv = TruthServer(Script(ttft_ms=1, itl_ms=1))
+    srv = TruthServer(Script(ttft_ms=1, itl_ms=1, drop_keepalive=drop_keepalive))
     srv.start()
     threading.Timer(0.3, srv.stop).start()
     result = run_load(srv.url, "truth-model", spec, options=ClientOptions(give_up_unreachable_s=0.3))

@@ -285,6 +285,9 @@ class ShardRunner(Transport):
             raw.t_send = raw.t_end = time.time_ns()
             raw.fail("connect_error", f"{type(exc).__name__}: {exc}")
             self._finished(raw)
+            if self.spec.rate is None:  # closed loop: this slot goes on (or gives up) like any other
+                self._unreachable_since = self._unreachable_since or time.monotonic()
+                self._spawn(self._reopen())
             return
         finally:
             self._pending_sends -= 1

@@ -95,6 +95,8 @@ def build_result(spec: LoadSpec, shards: Sequence[Shard], options: ClientOptions
         first = next((r for r in records if not r.warmup and not r.ok), None)
         reasons.append(f"all {summary.requests} requests failed ({kinds})"
                        + (f"; first: {first.error_message}" if first and first.error_message else ""))
+    if spec.requests is not None and summary.requests < spec.requests:  # never silently a smaller run
+        reasons.append(f"only {summary.requests} of the {spec.requests} requests asked for were issued")
     gave_up = next((s.gave_up for s in shards if s.gave_up), None)
     if gave_up is not None and summary.completed:  # (when none completed, the reason above says it all)
         unsent = sum(1 for r in records if not r.warmup and r.error_message == gave_up)
