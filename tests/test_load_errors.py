@@ -112,11 +112,18 @@ def test_a_keepalive_connection_the_server_closed_is_retried_once_not_counted(pa
 @pytest.mark.parametrize("drop_keepalive", [False, True])  # True: every request goes through the resend path
 def test_a_server_that_dies_mid_run_fails_the_unsent_rest_at_once_and_invalidates_the_run(drop_keepalive) -> None:
     import threading
+    import time
 
     spec = LoadSpec(concurrency=1, requests=3000, warmup=0, output_len=2, request_timeout_s=5.0)
     srv = TruthServer(Script(ttft_ms=1, itl_ms=1, drop_keepalive=drop_keepalive))
     srv.start()
-    threading.Timer(0.3, srv.stop).start()
+
+    def stop_after_some_requests() -> None:  # by count, not time: a busy machine may be slow to start the client
+        while len(srv.truth()) < 20:
+            time.sleep(0.005)
+        srv.stop()
+
+    threading.Thread(target=stop_after_some_requests, daemon=True).start()
     result = run_load(srv.url, "truth-model", spec, options=ClientOptions(give_up_unreachable_s=0.3))
     unsent = [r for r in result.records if r.error_message and r.error_message.startswith("not sent:")]
     # without giving up, each of the ~2900 requests left would take one 50 ms reconnect attempt (minutes)
