@@ -78,7 +78,6 @@ class ShardRunner(Transport):
         self._probe_due = 0
         self._pending_sends = 0  # open loop: requests waiting for a new connection
         self._unreachable_since: float | None = None  # first of the reconnects failing in a row
-        self._gave_up: str | None = None  # why the rest of the requests were not sent
 
     def _my_share(self, n: int) -> range:
         return range(self.shard, n, self.shards)
@@ -152,7 +151,7 @@ class ShardRunner(Transport):
     async def _closed_phase(self, indices: Iterator[int], width: int) -> None:
         self._indices = indices
         self._done = self.loop.create_future()
-        if self._gave_up is not None:  # the server went away in an earlier phase (warm-up)
+        if self.out.gave_up is not None:  # the server went away in an earlier phase (warm-up)
             self._fail_rest()
             await self._done
             return
@@ -265,7 +264,7 @@ class ShardRunner(Transport):
 
     def _give_up(self, exc: OSError) -> None:
         """Every reconnect failed for give_up_unreachable_s: fail what is left at once and stop issuing."""
-        self._gave_up = self.out.gave_up = (
+        self.out.gave_up = (
             f"not sent: every connection to the server failed for {self.opt.give_up_unreachable_s:g} s "
             f"(last: {type(exc).__name__}: {exc})")
         self._fail_rest()
@@ -273,7 +272,7 @@ class ShardRunner(Transport):
     def _fail_rest(self) -> None:
         if self.spec.requests is not None or not self._measured:  # finite: record each unsent request
             for i in self._indices:
-                self._fail_unsent(i, self._gave_up or "")
+                self._fail_unsent(i, self.out.gave_up or "")
         self._indices = iter(())
         self._maybe_done()
 
@@ -286,7 +285,6 @@ class ShardRunner(Transport):
             raw.fail("connect_error", f"{type(exc).__name__}: {exc}")
             self._finished(raw)
             if self.spec.rate is None:  # closed loop: this slot goes on (or gives up) like any other
-                self._unreachable_since = self._unreachable_since or time.monotonic()
                 self._spawn(self._reopen())
             return
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpcore
 import httpx
 
 from .base import Probe
@@ -10,13 +11,7 @@ PROBE_TIMEOUT_S = 10.0
 # What a server that is not up yet can make a control-plane call raise: httpx's own errors, and the
 # transport's (httpcore) or the socket's when they get past httpx's mapping, as one run of the suite saw
 # ("httpcore.ConnectError: connection refused" escaping a readiness probe). A probe reports them all.
-NOT_READY_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError)
-try:
-    import httpcore
-
-    NOT_READY_ERRORS += (httpcore.NetworkError, httpcore.TimeoutException, httpcore.ProtocolError)
-except ImportError:  # pragma: no cover - httpx always brings httpcore
-    pass
+NOT_READY_ERRORS = (httpx.HTTPError, OSError, httpcore.NetworkError, httpcore.TimeoutException, httpcore.ProtocolError)
 
 
 def http_ok(path: str) -> Probe:
