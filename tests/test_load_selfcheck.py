@@ -12,6 +12,7 @@ import time
 from pytest_llmserve.load import CheckLimits, ClientOptions, LoadSpec, run_load_async
 from pytest_llmserve.load.check import evaluate
 from pytest_llmserve.load.client import Shard
+from pytest_llmserve.load.records import RawRequest, RequestRecord, decode
 from pytest_llmserve.load.summary import LoadSummary, Percentiles
 from pytest_llmserve.testing.truth_script import Script
 from pytest_llmserve.testing.truth_server import TruthServer
@@ -98,26 +99,27 @@ def test_limits_are_configurable_through_client_options() -> None:
     assert not result.valid and "event-loop delay" in result.invalid_reasons[0]
 
 
-def test_each_merge_is_judged_by_how_late_the_client_was_when_it_read_it() -> None:
-    from pytest_llmserve.load.records import RawRequest, decode
+def _record(index: int, t_send: int, times: list[int]) -> RequestRecord:
+    """A decoded request whose token chunks arrived at `times` (equal times: read together)."""
+    r = RawRequest(index, False, None)
+    r.t_send, r.status = t_send, 200
+    for k, t in enumerate(times):
+        r.ev_ts.append(t)
+        last = k == len(times) - 1
+        r.ev_data.append(b'{"choices":[{"text":" x","finish_reason":%s}]}' % (b'"length"' if last else b"null"))
+    r.ev_ts.append(times[-1])
+    r.ev_data.append(b"[DONE]")
+    return decode(r)
 
+
+def test_each_merge_is_judged_by_how_late_the_client_was_when_it_read_it() -> None:
     ms = 1_000_000
     t0 = 10**18
 
-    def record(index: int, times: list[int]):  # noqa: ANN202
-        r = RawRequest(index, False, None)
-        r.t_send, r.status = t0, 200
-        for k, t in enumerate(times):
-            r.ev_ts.append(t)
-            r.ev_data.append(b'{"choices":[{"text":" x","finish_reason":%s}]}' % (b'"length"' if k == 3 else b"null"))
-        r.ev_ts.append(times[-1])
-        r.ev_data.append(b"[DONE]")
-        return decode(r)
-
     # request 0's first two tokens were read together at +100 ms, while the loop was prompt: a server burst;
     # request 1's were read together at +400 ms, right after a 30 ms stall of the loop: the client's fault
-    records = [record(0, [t0 + 100 * ms, t0 + 100 * ms, t0 + 110 * ms, t0 + 120 * ms]),
-               record(1, [t0 + 400 * ms, t0 + 400 * ms, t0 + 410 * ms, t0 + 420 * ms])]
+    records = [_record(0, t0, [t0 + 100 * ms, t0 + 100 * ms, t0 + 110 * ms, t0 + 120 * ms]),
+               _record(1, t0, [t0 + 400 * ms, t0 + 400 * ms, t0 + 410 * ms, t0 + 420 * ms])]
     probes = list(range(t0, t0 + 600 * ms, 5 * ms))
     lags = [30 * ms if abs(t - (t0 + 401 * ms)) < 3 * ms else 100_000 for t in probes]
     shard = Shard(raws=[], loop_lag_ns=lags, probe_at_ns=probes,
@@ -133,23 +135,10 @@ def test_each_merge_is_judged_by_how_late_the_client_was_when_it_read_it() -> No
 
 
 def test_only_a_stall_still_going_on_when_the_later_chunk_arrived_blames_the_client() -> None:
-    from pytest_llmserve.load.records import RawRequest, decode
-
     ms = 1_000_000
     t0 = 10**18
-
-    def record(times: list[int]):  # noqa: ANN202
-        r = RawRequest(0, False, None)
-        r.t_send, r.status = t0, 200
-        for k, t in enumerate(times):
-            r.ev_ts.append(t)
-            r.ev_data.append(b'{"choices":[{"text":" x","finish_reason":%s}]}' % (b'"length"' if k == 2 else b"null"))
-        r.ev_ts.append(times[-1])
-        r.ev_data.append(b"[DONE]")
-        return decode(r)
-
     merged_at = t0 + 200 * ms  # tokens 1 and 2 read together, promptly (50 us after the later one arrived)
-    records = [record([t0 + 190 * ms, merged_at, merged_at])]
+    records = [_record(0, t0, [t0 + 190 * ms, merged_at, merged_at])]
     probes = list(range(t0, t0 + 400 * ms, 5 * ms))
     summary = _summary(merged=1, chunks=3)
     summary.completed = 1
