@@ -117,19 +117,6 @@ def test_non_finite_numbers_and_bad_urls_in_the_config_stop_the_session_with_one
     assert len([line for line in result.errlines if line.startswith("ERROR")]) == 1
 
 
-@pytest.mark.parametrize(("marker", "expected"), [
-    ("slo(ttft_p95_ms=-5)", "*SLO ttft_p95_ms=-5 must be a non-negative number (milliseconds)*"),
-    ("slo(ttft_p95_s=0.2)", "*unknown SLO ttft_p95_s=0.2; known: ttft_p50_ms, ttft_p95_ms*"),
-    ("slo(max_error_rate='5%')", "*SLO max_error_rate='5%' must be a non-negative number (a rate)*"),
-    ("gpu(count='two')", "*test_t*gpu*count*'two'*"),
-])
-def test_marker_arguments_of_the_wrong_type_or_unit_stop_at_collection(pytester, marker, expected):
-    pytester.makepyfile(f"import pytest\n\n@pytest.mark.{marker}\ndef test_t():\n    pass\n")
-    result = pytester.runpytest()
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([expected])
-
-
 # ------------------------------------------------------------------ a live server with the wrong model / bad calls
 @pytest.fixture(scope="module")
 def truth_url():

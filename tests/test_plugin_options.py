@@ -141,9 +141,13 @@ def test_broken_config_stops_the_session_with_one_clear_line(pytester, toml, exp
         ("slo(ttft_p95_ms='fast')", "*SLO ttft_p95_ms='fast' must be a non-negative number (milliseconds)*"),
         ("slo(ttft_p95=100)", "*unknown SLO ttft_p95=100; known: *"),
         ("slo(100)", "*takes keyword arguments only*"),
+        ("slo(ttft_p95_ms=-5)", "*SLO ttft_p95_ms=-5 must be a non-negative number (milliseconds)*"),
+        ("slo(ttft_p95_s=0.2)", "*unknown SLO ttft_p95_s=0.2; known: ttft_p50_ms, ttft_p95_ms*"),
+        ("slo(max_error_rate='5%')", "*SLO max_error_rate='5%' must be a non-negative number (a rate)*"),
+        ("gpu(count='two')", "*test_t*gpu*count*'two'*"),
     ],
 )
-def test_slo_marker_with_bad_arguments_stops_at_collection(pytester, marker, expected):
+def test_marker_arguments_of_the_wrong_type_or_unit_stop_at_collection(pytester, marker, expected):
     pytester.makepyfile(f"import pytest\n\n@pytest.mark.{marker}\ndef test_t():\n    pass\n")
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
