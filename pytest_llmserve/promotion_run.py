@@ -22,7 +22,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -36,25 +36,18 @@ from .checks.promotion import (
     promote,
 )
 from .load import ClientOptions, LoadSpec, RunResult, run_load
-from .progress import Emit, Heartbeat, ServerRequestCounter
+from .live_run import LiveEndpoint, Runner, run_watched
+from .progress import Emit
 from .stats import binomial_sf, percentile
 
 DEFAULT_METRICS = ("ttft_p95_ms", "tpot_p95_ms", "e2e_p95_ms", "output_tok_s")
 SAMPLES_SCHEMA = 1
 _METRIC = re.compile(r"^(ttft|tpot|e2e)_(p\d+(?:\.\d+)?|median|mean)_ms$")
 _SPEC_KEYS = ("endpoint", "concurrency", "rate", "input_len", "output_len", "ignore_eos")  # what "same work" means
-Runner = Callable[[str, str, LoadSpec], RunResult]
 _RANK = {"regression": 3, "inconclusive": 2, "improvement": 1, "pass": 0}
 
 
-@dataclass(frozen=True, slots=True)
-class Arm:
-    """One side of the comparison: a live endpoint."""
-
-    name: str
-    url: str
-    model: str
-    metrics_url: str | None = None
+Arm = LiveEndpoint  # one side of the comparison
 
 
 @dataclass
@@ -332,19 +325,9 @@ def _one_round(arm: Arm, samples: ArmSamples, spec: LoadSpec, k: int, *, options
                server_metrics: bool = True) -> None:
     round_spec = dataclasses.replace(spec, seed=spec.seed + k)  # both sides of a round get the same prompts
     run = runner or (lambda url, model, s: run_load(url, model, s, options=options))
-    sampler = None
-    if server_metrics and arm.metrics_url:
-        from .server_metrics import MetricsSampler
-
-        sampler = MetricsSampler(arm.metrics_url, interval_s=1.0).start()
     label = f"promote {arm.name} round {k + 1}"
-    status = ServerRequestCounter(arm.metrics_url) if emit is not None and arm.metrics_url else None
-    try:
-        with Heartbeat(emit, label, total=spec.warmup + (spec.requests or 0), interval_s=interval_s,
-                       status=status, source="server count"):
-            result = run(arm.url, arm.model, round_spec)
-    finally:
-        summary = sampler.stop() if sampler is not None else None
+    result, summary = run_watched(arm, round_spec, run, label, emit=emit, interval_s=interval_s,
+                                  server_metrics=server_metrics)
     samples.add(result, k + 1, summary)
     if emit is not None:
         s = result.summary

@@ -19,30 +19,23 @@ import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, NoReturn, Sequence
+from typing import Any, Mapping, NoReturn, Sequence
 
 import numpy as np
 
 from .baselines import higher_is_better
 from .load import ClientOptions, LoadSpec, RunResult, run_load
-from .progress import Emit, Heartbeat, ServerRequestCounter
+from .live_run import LiveEndpoint, Runner, run_watched
+from .progress import Emit
 from .stats import Interval, bootstrap_percentile_diff_ci, welch_relative_mean_diff_ci
 
 POINT_METRICS = ("output_tok_s", "requests_s", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "tpot_p50_ms",
                  "tpot_p95_ms", "itl_p50_ms", "itl_p95_ms", "e2e_p50_ms", "e2e_p95_ms", "error_rate")
 SAMPLE_FAMILIES = ("ttft_ms", "tpot_ms", "e2e_ms")  # one value per successful request
-Runner = Callable[[str, str, LoadSpec], RunResult]
 _MIN_BOOTSTRAP = 20  # fewer requests than this at a level: no noise estimate for a percentile there
 
 
-@dataclass(frozen=True, slots=True)
-class SweepTarget:
-    """One endpoint in a sweep; `metrics_url` (vLLM-style /metrics) adds server-side numbers."""
-
-    name: str
-    url: str
-    model: str
-    metrics_url: str | None = None
+SweepTarget = LiveEndpoint  # one endpoint in a sweep
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,19 +293,9 @@ def run_sweep(targets: Sequence[SweepTarget], concurrencies: Sequence[int], *, r
 
 def _one_run(t: SweepTarget, c: int, r: int, spec: LoadSpec, run: Runner, emit: Emit | None, interval_s: float,
              counter: str, server_metrics: bool) -> SweepPoint:
-    sampler = None
-    if server_metrics and t.metrics_url:
-        from .server_metrics import MetricsSampler
-
-        sampler = MetricsSampler(t.metrics_url, interval_s=1.0).start()
     label = f"sweep {t.name} c={c}" + (f" run {r + 1}" if r else "") + f" {counter}"
-    status = ServerRequestCounter(t.metrics_url) if emit is not None and t.metrics_url else None
-    try:
-        with Heartbeat(emit, label, total=spec.warmup + (spec.requests or 0), interval_s=interval_s,
-                       status=status, source="server count"):
-            result = run(t.url, t.model, spec)
-    finally:
-        summary = sampler.stop() if sampler is not None else None
+    result, summary = run_watched(t, spec, run, label, emit=emit, interval_s=interval_s,
+                                  server_metrics=server_metrics)
     point = point_from_result(t.name, c, r, result, summary)
     if emit is not None:
         s = result.summary

@@ -99,7 +99,7 @@ def test_one_invalid_value_in_any_target_table_is_a_config_error_naming_its_key(
     assert message.startswith(f"<hypothesis>: targets[0].{key}") and "\n" not in message
 
 
-# ------------------------------------------------------------------ config and markers, end to end
+# ------------------------------------------------------------------ config, end to end
 @pytest.mark.parametrize(("toml", "expected"), [
     ('[[targets]]\nname = "a"\nkind = "openai"\nurl = "http://127.0.0.1:1"\nstartup_timeout_s = nan\n',
      "*targets[[]0[]].startup_timeout_s = nan: must be a finite number of seconds > 0*"),
