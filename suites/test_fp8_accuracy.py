@@ -28,6 +28,7 @@ from pytest_llmserve.accuracy_run import DEFAULT_TOLERANCE, compare_targets
 from pytest_llmserve.accuracy_tasks import DEFAULT_CONCURRENCY, TaskFileError, load_task
 from pytest_llmserve.precision import PrecisionUnknown
 from pytest_llmserve.session import ResultEntry, get_session
+from pytest_llmserve.suite_options import partner_target_name
 
 BUNDLED_TASKS = Path(__file__).resolve().parents[1] / "fixtures" / "tasks"
 
@@ -56,13 +57,9 @@ def _number(target, key: str, default: float) -> float:
 
 @pytest.mark.accuracy
 def test_precision_change_keeps_accuracy(request, llm_target, llm_servers):
-    reference_name = llm_target.options.get("accuracy_reference")
-    if not reference_name:
-        pytest.skip(f"target {llm_target.name!r} names no reference to compare with: set "
-                    "options = { accuracy_reference = \"<reference target name>\" }")
-    if reference_name == llm_target.name:
-        pytest.fail(f"target {llm_target.name!r} names itself as accuracy_reference; name the baseline-precision target",
-                    pytrace=False)
+    reference_name = partner_target_name(llm_target, "accuracy_reference", what="reference to compare with",
+                                         placeholder="reference target name",
+                                         self_advice="name the baseline-precision target")
     try:
         tasks = [load_task(p) for p in _task_paths(llm_target)]
     except TaskFileError as exc:

@@ -28,6 +28,7 @@ from pytest_llmserve.load import LoadSpec
 from pytest_llmserve.progress import pytest_emitter
 from pytest_llmserve.promotion_run import DEFAULT_METRICS, Arm, run_ab
 from pytest_llmserve.session import ResultEntry, get_session
+from pytest_llmserve.suite_options import partner_target_name
 
 
 def _option(target, key: str, default, kind=int):
@@ -42,12 +43,8 @@ def _option(target, key: str, default, kind=int):
 
 @pytest.mark.promotion
 def test_candidate_is_not_slower_than_incumbent(request, llm_target, llm_servers):
-    incumbent_name = llm_target.options.get("promotion_incumbent")
-    if not incumbent_name:
-        pytest.skip(f"target {llm_target.name!r} names no incumbent: set "
-                    "options = { promotion_incumbent = \"<target serving today>\" }")
-    if incumbent_name == llm_target.name:
-        pytest.fail(f"target {llm_target.name!r} names itself as promotion_incumbent", pytrace=False)
+    incumbent_name = partner_target_name(llm_target, "promotion_incumbent", what="incumbent",
+                                         placeholder="target serving today")
     session = get_session(request.config)
     cand, inc = llm_servers(llm_target.name), llm_servers(incumbent_name)
     requests = session.requests_override or _option(llm_target, "promotion_requests", 256)
