@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from filelock import FileLock
 
-from .baselines import SCHEMA, UPDATE_HINT, _atomic_write_json, round_significant
+from .atomic import atomic_write_json
+from .baselines import SCHEMA, UPDATE_HINT, round_significant
 from .checks.accuracy_gate import trtllm_threshold
 from .precision import PrecisionInfo
 
@@ -108,6 +109,6 @@ class AccuracyReferences:
         with FileLock(str(self.path) + ".lock", timeout=120):
             entries = self.entries()
             entries[key] = dict(sorted(new.items()))
-            _atomic_write_json(self.path, {"schema": SCHEMA, "hardware": self.hardware, "model": self.model,
+            atomic_write_json(self.path, {"schema": SCHEMA, "hardware": self.hardware, "model": self.model,
                                            "entries": dict(sorted(entries.items()))})
         self.changed.append(key)

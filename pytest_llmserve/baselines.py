@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 from filelock import FileLock
 
+from .atomic import atomic_write_json
 from .config import Tolerance
 
 SCHEMA = 1
@@ -137,7 +136,7 @@ class BaselineStore:
             entries = self._read(path)
             old = entries.get(test_id)
             entries[test_id] = new
-            _atomic_write_json(path, {"schema": SCHEMA, "hardware": self.hardware, "target": target,
+            atomic_write_json(path, {"schema": SCHEMA, "hardware": self.hardware, "target": target,
                                       "entries": dict(sorted(entries.items()))})
         change = BaselineChange(path, test_id, old, new)
         self.changes.append(change)
@@ -199,18 +198,3 @@ def _read_entries(path: Path, hardware: str) -> dict[str, dict[str, float]]:
 
 def _finite_number(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _atomic_write_json(path: Path, data: dict) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over the target."""
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any, Iterator, Sequence
 
 from filelock import FileLock
 
+from .atomic import atomic_write_text
 from .checks.equivalence import Continuation
 
 SCHEMA = 1
@@ -374,16 +373,7 @@ def _write(path: Path, key: ReferenceKey, prompts: Sequence[Prompt], conts: Sequ
             for p, c in zip(prompts, conts)
         ],
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, separators=(",", ":"))
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the file may be committed and shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, separators=(",", ":")) + "\n")
 
 
 # ----------------------------------------------------------------------------- perturbed copies

@@ -12,13 +12,13 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from filelock import FileLock
 
+from ..atomic import atomic_write_text
 from .config import EngineError
 from .spec import EngineSpec
 
@@ -144,7 +144,4 @@ class _Memo:
             return
         with self.lock:
             merged = {**self._read(), **self.new}
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".hashes-")
-            with os.fdopen(fd, "w") as fh:
-                json.dump(merged, fh)
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, json.dumps(merged))
