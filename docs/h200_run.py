@@ -200,7 +200,7 @@ def _sweep_args(on: Server, off: Server, model: str, out: Path, a: argparse.Name
     return ["sweep", "--url", f"graphs-on={on.url}", "--url", f"graphs-off={off.url}", "--model", model,
             "--concurrency", a.levels, "--requests-per-level", str(a.requests_per_level), "--input-len", "64",
             "--output-len", str(a.output_len), "--endpoint", "chat", "--no-ignore-eos", "--no-server-metrics",
-            "--workers", str(a.workers), "--hardware", hardware, "--title",
+            "--workers", str(a.workers), "--seed", str(a.seed), "--hardware", hardware, "--title",
             f"transformers serve, random 1.05 B Llama, CUDA graphs on vs off ({hardware or a.device})",
             "--out", str(out), "--progress-interval", "30"]
 
@@ -289,6 +289,7 @@ def _sweep_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests-per-level", type=int, default=32)
     p.add_argument("--output-len", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="prompt seed (another seed: an independent replicate)")
 
 
 def _label() -> str:
