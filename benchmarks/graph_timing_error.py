@@ -8,6 +8,10 @@ replacement) and decides; four cases with known truth:
   null     target, control = two disjoint halves of the graphs-off server      truth: off (never on)
   swapped  target = graphs-off, control = graphs-on (labels swapped)           truth: off (never on)
   partial  target = graphs-on at c <= 8, graphs-off half A above; control = graphs-off half B   truth: partial
+  cross    target = graphs-off of the second run, control = graphs-off of the first (another machine)
+           truth: off -- the control is NOT from the same sweep: this shows why it must be
+Each case runs on each recorded run (tests/data/timing/h200_hf_serve_graphs*.json: two device calls,
+two machines); `cross` needs both.
 Prints, per case and n, how often each verdict came out; "wrong" counts any verdict other than the
 truth except inconclusive, which is counted apart (no answer is not a wrong answer).
 """
@@ -26,11 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pytest_llmserve.checks.graph_timing import VERDICTS, decide  # noqa: E402
 
-DATA = ROOT / "tests" / "data" / "timing" / "h200_hf_serve_graphs.json"
+DATA = sorted((ROOT / "tests" / "data" / "timing").glob("h200_hf_serve_graphs*.json"))
 TRUTH = {"on": "on", "null": "off", "swapped": "off", "partial": "partial"}
 
 
-def trial(case: str, n: int, on: dict[int, np.ndarray], off: dict[int, np.ndarray], rng: np.random.Generator) -> str:
+def trial(case: str, n: int, on: dict[int, np.ndarray], off: dict[int, np.ndarray], rng: np.random.Generator,
+          other_off: dict[int, np.ndarray] | None = None) -> str:
     def pick(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         idx = rng.permutation(x.size)
         return x[idx[:k]], x[idx[k:2 * k]]
@@ -45,6 +50,8 @@ def trial(case: str, n: int, on: dict[int, np.ndarray], off: dict[int, np.ndarra
             target[c], control[c] = a_off, b_off
         elif case == "swapped":
             target[c], control[c] = a_off, a_on
+        elif case == "cross":
+            target[c], control[c] = a_off, pick(other_off[c], n)[0]
         else:
             target[c], control[c] = (a_on if c <= 8 else a_off), b_off
     return decide(target, control, replicas=0, n_resamples=500, seed=int(rng.integers(1 << 30))).verdict
@@ -56,19 +63,25 @@ def main() -> int:
     ap.add_argument("--sizes", default="8,16", help="requests per level and side (at most 16: halves of 32)")
     ap.add_argument("--json", help="also write the counts here")
     a = ap.parse_args()
-    steps = json.loads(DATA.read_text())["step_ms"]
-    on = {int(c): np.asarray(v, float) for c, v in steps["graphs-on"].items()}
-    off = {int(c): np.asarray(v, float) for c, v in steps["graphs-off"].items()}
+    runs = []
+    for path in DATA:
+        steps = json.loads(path.read_text())["step_ms"]
+        runs.append((path.stem, {int(c): np.asarray(v, float) for c, v in steps["graphs-on"].items()},
+                     {int(c): np.asarray(v, float) for c, v in steps["graphs-off"].items()}))
     rng = np.random.default_rng(0)
     rows = {}
-    print(f"{'case':<8} {'n':>3} {'truth':<8} " + " ".join(f"{v:>12}" for v in VERDICTS) + f" {'wrong':>8}")
+    print(f"{'run':<30} {'case':<8} {'n':>3} {'truth':<8} " + " ".join(f"{v:>12}" for v in VERDICTS) + f" {'wrong':>8}")
     for n in (int(x) for x in a.sizes.split(",")):
-        for case, truth in TRUTH.items():
-            counts = Counter(trial(case, n, on, off, rng) for _ in range(a.trials))
-            wrong = sum(k for v, k in counts.items() if v not in (truth, "inconclusive"))
-            rows[f"{case}-n{n}"] = {"truth": truth, "counts": dict(counts), "wrong": wrong, "trials": a.trials}
-            print(f"{case:<8} {n:>3} {truth:<8} " + " ".join(f"{counts.get(v, 0):>12}" for v in VERDICTS)
-                  + f" {wrong / a.trials:>8.1%}")
+        for ri, (name, on, off) in enumerate(runs):
+            cases = dict(TRUTH)
+            if ri > 0:
+                cases["cross"] = "off"
+            for case, truth in cases.items():
+                counts = Counter(trial(case, n, on, off, rng, runs[0][2]) for _ in range(a.trials))
+                wrong = sum(k for v, k in counts.items() if v not in (truth, "inconclusive"))
+                rows[f"{name}-{case}-n{n}"] = {"truth": truth, "counts": dict(counts), "wrong": wrong, "trials": a.trials}
+                print(f"{name:<30} {case:<8} {n:>3} {truth:<8} " + " ".join(f"{counts.get(v, 0):>12}" for v in VERDICTS)
+                      + f" {wrong / a.trials:>8.1%}")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1) + "\n")
     return 0

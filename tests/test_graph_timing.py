@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 from pytest_llmserve.checks.graph_timing import decide, decide_sweep
 from pytest_llmserve.sweep import SweepPoint, SweepResult, SweepTarget
 
-DATA = Path(__file__).parent / "data" / "timing" / "h200_hf_serve_graphs.json"
+DATA = Path(__file__).parent / "data" / "timing"
+RUNS = ("h200_hf_serve_graphs.json", "h200_hf_serve_graphs_seed1.json")  # two device calls, two machines
 
 
-def recorded() -> tuple[dict[int, list[float]], dict[int, list[float]]]:
-    steps = json.loads(DATA.read_text())["step_ms"]
+def recorded(run: str = RUNS[0]) -> tuple[dict[int, list[float]], dict[int, list[float]]]:
+    steps = json.loads((DATA / run).read_text())["step_ms"]
     return ({int(c): v for c, v in steps["graphs-on"].items()}, {int(c): v for c, v in steps["graphs-off"].items()})
 
 
@@ -29,10 +30,18 @@ def test_graphs_on_server_is_called_on_against_its_eager_control():
     assert "on" in v.describe() and "c=1,2,4,8,16,32" in v.describe()
 
 
-def test_swapped_labels_never_say_on():
-    on, off = recorded()
+@pytest.mark.parametrize("run", RUNS)
+def test_swapped_labels_never_say_on(run):
+    on, off = recorded(run)
     v = decide(off, on, replicas=50)
     assert v.verdict == "off", v.table()
+
+
+def test_the_replicate_run_on_another_machine_is_called_on_too():
+    on, off = recorded(RUNS[1])
+    v = decide(on, off, replicas=50)
+    assert v.verdict == "on", v.table()
+    assert sum(lv.call == "graphed" for lv in v.levels) >= 4
 
 
 def test_two_halves_of_the_eager_server_are_not_called_on():

@@ -19,6 +19,12 @@ Verdict: `on` (graphed at some level, eager at none), `off` (eager at some level
 replicas of the whole data set (requests resampled per level and side) whose verdict differs from
 it, an estimate of its error rate from sampling noise. What it cannot see: graphs that save less
 than min_speedup, and a control that is not really eager (then "off" means "no faster than control").
+
+The control must be measured in the same sweep, interleaved on the same machine (`llmserve sweep`
+rotates the targets at every level). On the H200 the eager server's step time moved by up to 1.66x
+between two machines (graphs on: by at most 5 %), so a control from another run turned an eager
+target into "on" in 100 % of trials (benchmarks/graph_timing_error.py, case `cross`); within one
+sweep the wrong-verdict rate was 0-2.5 % and no eager target was ever called "on".
 """
 
 from __future__ import annotations
