@@ -6,6 +6,7 @@ Run from the repository root (PYTHONPATH=.); docs/h200_run.md shows the device c
     python docs/h200_run.py sweep --model DIR --out D               two servers (graphs on / off), llmserve sweep
     python docs/h200_run.py all --out D                             what the device call ran: all of the above
     python docs/h200_run.py slo --model DIR --out D                 pytest -m slo suites/ against transformers serve
+    python docs/h200_run.py graphs SWEEP.json                       timing-based CUDA-graph verdict, on vs off
 Every subcommand takes --device (cuda; cpu for a smoke run with a tiny --layers/--hidden model).
 """
 
@@ -332,7 +333,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         q.add_argument("--max-tokens", type=int, default=64)
         q.add_argument("--top-k", type=int, default=5)
         q.add_argument("--limit", type=int, help="first N prompts only")
+    g = sub.add_parser("graphs")
+    g.add_argument("sweep", help="a sweep.json with a graphs-on and a graphs-off target")
+    g.add_argument("--target", default="graphs-on")
+    g.add_argument("--control", default="graphs-off")
     a = p.parse_args(argv)
+    if a.cmd == "graphs":
+        from pytest_llmserve.checks.graph_timing import decide_sweep
+        from pytest_llmserve.sweep import SweepResult
+
+        result = SweepResult.from_dict(json.loads(Path(a.sweep).read_text()))
+        for target, control in ((a.target, a.control), (a.control, a.target)):
+            verdict = decide_sweep(result, target, control)
+            print(f"target {target}, control {control}: {verdict.describe()}\n{verdict.table()}\n")
+        return 0
     depths = [int(x) for x in getattr(a, "depths", "1").split(",")]
 
     def model_from_args(where: Path) -> Path:
