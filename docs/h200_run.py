@@ -258,7 +258,8 @@ def run_slo(model_dir: Path, out: Path, a: argparse.Namespace) -> int:
         # not pip-installed (the device runs from the copied tree): load the plugin by name
         load = [] if any(e.name == "llmserve" for e in entry_points(group="pytest11")) else ["-p", "pytest_llmserve.plugin"]
         base = [sys.executable, "-m", "pytest", *load, "-p", "no:cacheprovider", "-m", "slo",
-                str(ROOT / "suites"), "--llmserve-config", str(config), "-rA", "-q"]
+                str(ROOT / "suites"), "--llmserve-config", str(config), "-rA", "-q",
+                "--llmserve-baselines-dir", str(out / "baselines")]  # the repo's ini must not send them elsewhere
         for step, extra in (("update", ["--update-baselines"]), ("gate", [])):
             extra += ["--llmserve-report-md", str(out / f"slo-{step}.md")]
             log("$ " + " ".join(base + extra))
