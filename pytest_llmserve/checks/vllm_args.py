@@ -127,6 +127,6 @@ def apply_vllm_args(verdict: GraphVerdict, settings: VllmGraphArgs, max_batch_si
         elif set(verdict.captured_batch_sizes) != set(sizes):
             verdict = replace(verdict, notes=(*verdict.notes, f"the args ask for sizes {format_sizes(sizes)} but the "
                                               f"log lists {format_sizes(verdict.captured_batch_sizes)}: the log wins"))
-    if settings.max_num_seqs is not None and max_batch_size == settings.max_num_seqs:
+    if settings.max_num_seqs is not None and max_batch_size == settings.max_num_seqs and verdict.state in ("on", "partial"):
         verdict = replace(verdict, evidence=(*verdict.evidence, *seqs_ev))
     return _check_max_batch(verdict, max_batch_size)
