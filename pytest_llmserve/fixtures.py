@@ -137,22 +137,38 @@ def _run_client(server: ServerHandle, spec: LoadSpec) -> RunResult:
     return run_load(server.base_url, server.model, spec, options=client_options(server.target, spec))
 
 
+SERVER_CORES = 2  # kept for an unpinned server: vLLM's API server and engine core each keep one busy
+
 # One client core kept 512 streams at 10 ms ITL (51k chunks/s) valid and exact (benchmarks/fidelity);
 # half that per process leaves room for faster servers.
 STREAMS_PER_WORKER = 256
 
 
-def client_options(target: Target, spec: LoadSpec | None = None) -> ClientOptions:
+def client_options(target: Target, spec: LoadSpec | None = None, *, available: set[int] | None = None) -> ClientOptions:
     """The target's `client` table: self-check limits and client processes for this server.
 
     Without `client.workers`, the client uses one process per STREAMS_PER_WORKER streams, at most one
-    per core of `client_cpus` (so never more than the cores it was given; one when none were).
+    per core of `client_cpus`, or, when none are given, per free core: the cores this process may
+    run on (`available`, default its affinity) less the server's `cpus` (or SERVER_CORES when it is
+    not pinned) and one for pytest itself. A 2-core box thus gets one process; a 16-core GPU runner
+    several, as its 512-stream runs needed.
     """
     limits = {k: float(v) for k, v in target.client.items() if k != "workers"}
     if "workers" in target.client:
         workers = int(target.client["workers"])
     else:
-        cores = len(parse_cpu_list(target.client_cpus)) if target.client_cpus else 1
+        cores = len(parse_cpu_list(target.client_cpus)) if target.client_cpus else free_cores(target, available)
         streams = (spec.concurrency or 1) if spec is not None else 1
         workers = max(1, min(cores, math.ceil(streams / STREAMS_PER_WORKER)))
     return ClientOptions(limits=CheckLimits(**limits), workers=workers)
+
+
+def free_cores(target: Target, available: set[int] | None = None) -> int:
+    """Cores the load client may take when `client_cpus` is unset (at least 1)."""
+    cores = set(os.sched_getaffinity(0) if available is None else available)
+    if target.cpus:
+        cores -= set(parse_cpu_list(target.cpus))
+        reserved = 0
+    else:
+        reserved = SERVER_CORES
+    return max(1, len(cores) - reserved - 1)

@@ -6,7 +6,8 @@
     result.markdown(); result.to_dict(); plots.save_sweep_png(result, "sweep.png")
 
 Matched work: at each (concurrency, repeat) every target gets the same LoadSpec (same prompts, same
-output length forced by ignore_eos), and the order of targets rotates from one run to the next so that
+output length forced by ignore_eos; with `ignore_eos=False`, for servers that reject it such as
+`transformers serve`, the output length is whatever the server decodes up to max_tokens), and the order of targets rotates from one run to the next so that
 none always runs first after an idle period. A crossover is judged against noise: throughput needs
 repeated runs (a Welch interval over repeats), percentile latencies use a bootstrap over requests.
 """
@@ -31,7 +32,8 @@ from .stats import Interval, bootstrap_percentile_diff_ci, welch_relative_mean_d
 
 POINT_METRICS = ("output_tok_s", "requests_s", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "tpot_p50_ms",
                  "tpot_p95_ms", "itl_p50_ms", "itl_p95_ms", "e2e_p50_ms", "e2e_p95_ms", "error_rate")
-SAMPLE_FAMILIES = ("ttft_ms", "tpot_ms", "e2e_ms")  # one value per successful request
+SAMPLE_FAMILIES = ("ttft_ms", "tpot_ms", "e2e_ms", "step_ms")  # one value per successful request
+# step_ms: a request's median inter-token gap, its decode-step time with prefills of others mostly filtered out
 _MIN_BOOTSTRAP = 20  # fewer requests than this at a level: no noise estimate for a percentile there
 
 
@@ -160,7 +162,7 @@ class SweepResult:
         lines = [f"### Concurrency sweep ({', '.join(t.name for t in self.targets)})", "",
                  f"Work per level and target: {w.get('requests_per_level')} measured requests after "
                  f"{w.get('warmup', 'auto')} warm-up, {w.get('input_len')} prompt / {w.get('output_len')} output "
-                 f"tokens (ignore_eos), endpoint `{w.get('endpoint')}`, {w.get('repeats')} run(s) per level"
+                 f"tokens ({'ignore_eos' if w.get('ignore_eos', True) else 'max_tokens, EOS not ignored'}), endpoint `{w.get('endpoint')}`, {w.get('repeats')} run(s) per level"
                  + (f", hardware `{self.hardware}`" if self.hardware else "") + "."
                  + (" Cells with several runs show the mean ± half the range." if (w.get("repeats") or 1) > 1 else "")
                  + " ⚠ marks a level with an invalid run (see notes).", "",
@@ -253,7 +255,8 @@ def point_from_result(target: str, c: int, repeat: int, result: RunResult, serve
     ok = [r for r in result.records if not r.warmup and r.ok]
     samples = {"ttft_ms": tuple(x for r in ok if (x := r.ttft_ms) is not None),
                "tpot_ms": tuple(x for r in ok if (x := r.tpot_ms) is not None),
-               "e2e_ms": tuple(x for r in ok if (x := r.e2e_ms) is not None)}
+               "e2e_ms": tuple(x for r in ok if (x := r.e2e_ms) is not None),
+               "step_ms": tuple(float(np.median(r.itl_ms)) for r in ok if len(r.itl_ms) > 0)}
     s = result.summary
     return SweepPoint(target, c, repeat, {m: float(metrics.get(m, math.nan)) for m in POINT_METRICS},
                       s.completed, s.requests, dict(s.errors), s.duration_s, result.valid,
@@ -264,7 +267,8 @@ def point_from_result(target: str, c: int, repeat: int, result: RunResult, serve
 
 def run_sweep(targets: Sequence[SweepTarget], concurrencies: Sequence[int], *, requests_per_level: int = 64,
               input_len: int = 64, output_len: int = 64, warmup: int | None = None, repeats: int = 1,
-              endpoint: str = "completions", seed: int = 0, options: ClientOptions | None = None,
+              endpoint: str = "completions", ignore_eos: bool = True, seed: int = 0,
+              options: ClientOptions | None = None,
               emit: Emit | None = None, interval_s: float = 10.0, runner: Runner | None = None,
               server_metrics: bool = True, hardware: str = "") -> SweepResult:
     """Run every target at every concurrency (ascending), `repeats` times, with matched work."""
@@ -281,13 +285,14 @@ def run_sweep(targets: Sequence[SweepTarget], concurrencies: Sequence[int], *, r
         for r in range(repeats):
             spec = LoadSpec(endpoint=endpoint, concurrency=c, requests=requests_per_level,
                             warmup=min(c, 8) if warmup is None else warmup, input_len=input_len,
-                            output_len=output_len, seed=seed + r)
+                            output_len=output_len, ignore_eos=ignore_eos, seed=seed + r)
             shift = (li + r) % len(targets)
             for t in [*targets[shift:], *targets[:shift]]:
                 k += 1
                 points.append(_one_run(t, c, r, spec, run, emit, interval_s, f"({k}/{total})", server_metrics))
     work = {"requests_per_level": requests_per_level, "warmup": "min(c, 8)" if warmup is None else warmup,
-            "input_len": input_len, "output_len": output_len, "endpoint": endpoint, "repeats": repeats, "seed": seed}
+            "input_len": input_len, "output_len": output_len, "endpoint": endpoint, "ignore_eos": ignore_eos, "repeats": repeats,
+            "seed": seed}
     return SweepResult(tuple(targets), levels, tuple(points), work, hardware)
 
 
@@ -374,6 +379,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--warmup", type=int, help="warm-up requests per run (default min(c, 8))")
     p.add_argument("--repeats", type=int, default=1, help="runs per level (>= 2 lets crossovers be tested against noise)")
     p.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    p.add_argument("--no-ignore-eos", action="store_true",
+                   help="do not force matched work (ignore_eos, min_tokens); for servers that reject them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="load-client processes (use spare cores only)")
     p.add_argument("--no-server-metrics", action="store_true", help="do not scrape <url>/metrics during runs")
@@ -390,7 +397,7 @@ def main(argv: Sequence[str]) -> int:
                    for i, (name, url) in enumerate(urls.items())]
         result = run_sweep(targets, parse_levels(a.concurrency), requests_per_level=a.requests_per_level,
                            input_len=a.input_len, output_len=a.output_len, warmup=a.warmup, repeats=a.repeats,
-                           endpoint=a.endpoint, seed=a.seed, options=ClientOptions(workers=a.workers),
+                           endpoint=a.endpoint, ignore_eos=not a.no_ignore_eos, seed=a.seed, options=ClientOptions(workers=a.workers),
                            emit=None if a.quiet else print_emitter(), interval_s=a.progress_interval,
                            hardware=a.hardware)
     except (UsageExit, ValueError, ConnectionError, OSError) as exc:

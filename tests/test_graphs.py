@@ -209,6 +209,17 @@ def test_vllm_json_style_dump_yields_capture_sizes():
     assert v.captured_batch_sizes == (1, 2, 4, 8, 504, 512)
 
 
+@pytest.mark.parametrize("full, state, mode", [("true", "on", "FULL"), ("false", "partial", "PIECEWISE")])
+def test_vllm_0_10_full_cuda_graph_flag_is_read_as_full_graphs(full, state, mode):
+    # vLLM <= 0.10 has no cudagraph_mode: use_cudagraph + full_cuda_graph say piecewise or full
+    dump = ("INFO 07-01 10:00:00 [core.py:69] Initializing a V1 LLM engine (v0.10.0) with config: model='m', "
+            "enforce_eager=False, device_config=cuda, compilation_config={\"level\":3,\"use_cudagraph\":true,"
+            f"\"full_cuda_graph\":{full},\"cudagraph_capture_sizes\":[8,4,2,1],\"max_capture_size\":8}}")
+    v = detect_vllm(dump + "\nINFO [gpu_model_runner.py:2000] Graph capturing finished in 3 secs, took 0.2 GiB")
+    assert (v.state, v.mode) == (state, mode)
+    assert any("full_cuda_graph" in e.text for e in v.evidence)
+
+
 # ------------------------------------------------------------------------------- trtllm-serve
 def test_trtllm_on_transcript_uses_the_final_warmup_round():
     v = trtllm("trtllm_on")

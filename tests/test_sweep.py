@@ -148,6 +148,36 @@ def test_cli_writes_json_markdown_and_png_and_exits_0(tmp_path, capsys):
     assert code == (0 if all(p["valid"] for p in data["points"]) else 1)
 
 
+def test_cli_drives_chat_without_ignore_eos_for_servers_that_reject_it(tmp_path):
+    # transformers serve answers 422 to ignore_eos/min_tokens and needs text prompts: --endpoint chat --no-ignore-eos
+    with TruthServer(Script(ttft_ms=2, itl_ms=5)) as server:
+        code = cli.main(["sweep", "--url", f"hf={server.url}", "--model", "truth-model", "--concurrency", "1,2",
+                         "--requests-per-level", "4", "--output-len", "3", "--warmup", "0", "--endpoint", "chat",
+                         "--no-ignore-eos", "--out", str(tmp_path), "--quiet", "--no-server-metrics"])
+        paths = {r["path"] for r in server.truth()}
+    data = json.loads((tmp_path / "sweep.json").read_text())
+    assert paths == {"/v1/chat/completions"}
+    assert data["work"]["endpoint"] == "chat" and data["work"]["ignore_eos"] is False
+    assert "EOS not ignored" in (tmp_path / "sweep.md").read_text()
+    # each request's median gap (its decode-step time) is kept for the timing-based CUDA-graph check
+    assert all(len(p["samples"]["step_ms"]) == 4 for p in data["points"])
+
+
+def test_sweep_passes_ignore_eos_false_to_every_run():
+    seen = []
+    with TruthServer(Script(ttft_ms=1, itl_ms=2)) as server:
+        from pytest_llmserve.load import run_load
+
+        def runner(url, model, spec):
+            seen.append((spec.ignore_eos, spec.endpoint))
+            return run_load(url, model, spec)
+
+        result = run_sweep([SweepTarget("t", server.url, "m")], [1, 2], requests_per_level=2, output_len=2, warmup=0,
+                           endpoint="chat", ignore_eos=False, runner=runner)
+    assert seen == [(False, "chat"), (False, "chat")]
+    assert result.work["ignore_eos"] is False
+
+
 @pytest.mark.parametrize("args, message", [
     (["--url", "a=http://127.0.0.1:9", "--concurrency", "1,x"], "give integers separated by commas"),
     (["--url", "a=http://127.0.0.1:9", "--concurrency", "0"], "must be >= 1"),

@@ -184,6 +184,7 @@ _MODE = re.compile(
     r"""['"]cudagraph_mode['"]\s*:\s*(?:<CUDAGraphMode\.(?P<name>[A-Z_]+)[^>]*>|(?P<raw>\[[\d,\s]*\]|\([\d,\s]*\)|\d+|None|null))"""
 )
 _USE_CG = re.compile(r"""['"]use_cudagraph['"]\s*:\s*(?P<v>true|false|True|False)""")
+_FULL_CG = re.compile(r"""['"]full_cuda_graph['"]\s*:\s*(?P<v>true|false|True|False)""")
 _SIZES = re.compile(r"""['"]cudagraph_capture_sizes['"]\s*:\s*\[(?P<s>[\d,\s]*)\]""")
 _RAW_MODES = {(0,): "NONE", (1,): "PIECEWISE", (2,): "FULL", (2, 0): "FULL_DECODE_ONLY", (2, 1): "FULL_AND_PIECEWISE"}
 _BAR = re.compile(
@@ -227,15 +228,16 @@ def detect_vllm(log_text: str, *, source: str = "vllm.log", max_batch_size: int 
     if dumps:  # the last dump: the latest engine start in this log
         line_no, line, m = dumps[-1]
         notes.append(f"vLLM {m['version']} config dump at line {line_no}")
-        hits = {p: (line_no, line, mm) for p in (_ENFORCE, _MODE, _USE_CG, _SIZES) if (mm := p.search(line))}
+        hits = {p: (line_no, line, mm) for p in (_ENFORCE, _MODE, _USE_CG, _FULL_CG, _SIZES) if (mm := p.search(line))}
         ev += [evidence_at(source, h) for h in hits.values()]
         if _ENFORCE in hits:
             enforce = hits[_ENFORCE][2]["v"] == "True"
         if _MODE in hits:
             mm = hits[_MODE][2]
             dump_mode = mm["name"] or _RAW_MODES.get(_ints(mm["raw"]), "NONE")
-        elif _USE_CG in hits:  # vLLM <= 0.10: a boolean, piecewise graphs when true
-            dump_mode = "PIECEWISE" if hits[_USE_CG][2]["v"].lower() == "true" else "NONE"
+        elif _USE_CG in hits:  # vLLM <= 0.10: a boolean, piecewise graphs when true, full with full_cuda_graph
+            full = _FULL_CG in hits and hits[_FULL_CG][2]["v"].lower() == "true"
+            dump_mode = ("FULL" if full else "PIECEWISE") if hits[_USE_CG][2]["v"].lower() == "true" else "NONE"
         if _SIZES in hits:
             sizes = tuple(sorted(set(_ints(hits[_SIZES][2]["s"]))))
         device = _DEVICE.search(line)

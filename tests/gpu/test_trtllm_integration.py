@@ -7,7 +7,8 @@ Environment: LLMSERVE_GPU_TEST_MODEL (Hugging Face checkpoint; default fixtures/
 LLMSERVE_ENGINE_CACHE (engine cache directory; default a temporary one),
 LLMSERVE_TRITON_TEMPLATES (tensorrtllm_backend all_models/inflight_batcher_llm; Triton test only),
 LLMSERVE_GPU_TEST_CONVERT_SCRIPT (optional: build with convert_checkpoint.py + trtllm-build instead
-of the LLM API).
+of the LLM API), LLMSERVE_GPU_TEST_SKU (optional: only these SKUs, e.g. H100,H200; default any GPU of
+compute capability 8.0 or newer).
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ SLO = {"ttft_p95_ms": 2000, "itl_p95_ms": 200, "max_error_rate": 0.0}
 LOAD = LoadSpec(concurrency=4, requests=32, warmup=2, input_len=64, output_len=32)
 ENGINE = {"dtype": "bfloat16", "max_batch_size": 8, "max_input_len": 256, "max_seq_len": 512}
 
-pytestmark = [pytest.mark.gpu(sku=["H100", "H200"], count=1)]
+# TensorRT-LLM runs on Ampere and newer (A100, A10G, L4, L40S, H100, H200, B200): ask for that, not a SKU
+# list, so a runner of any of them runs these. LLMSERVE_GPU_TEST_SKU=H100,H200 narrows them to named SKUs.
+GPU_MARK: dict = ({"sku": [s.strip() for s in os.environ["LLMSERVE_GPU_TEST_SKU"].split(",") if s.strip()], "count": 1}
+                  if os.environ.get("LLMSERVE_GPU_TEST_SKU") else {"count": 1, "min_compute_capability": "8.0"})
+pytestmark = [pytest.mark.gpu(**GPU_MARK)]
 
 
 def _need(*tools: str) -> None:
