@@ -1,0 +1,176 @@
+"""Workload profiles, trace files and replay, and the server-side SLO keys: no real server needed
+(the trace replays run against the ground-truth server in a child process)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, strategies as st
+
+from pytest_llmserve.checks.server_slo import goodput_counts, measure
+from pytest_llmserve.checks.slo import SloEvaluation, validate_limits
+from pytest_llmserve.load import run_load
+from pytest_llmserve.load.trace import SHIPPED_TRACE, TraceRequest, lateness, load_trace, parse_line, trace_spec
+from pytest_llmserve.load.workloads import PROFILES, workload
+from pytest_llmserve.server_metrics import Sample, canonical_from_prometheus, parse_prometheus, summarize_samples
+
+VLLM_PREFIX = """\
+# TYPE vllm:prefix_cache_queries counter
+vllm:prefix_cache_queries_total{{engine="0",model_name="m"}} {q}
+# TYPE vllm:prefix_cache_hits counter
+vllm:prefix_cache_hits_total{{engine="0",model_name="m"}} {h}
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{{engine="0",model_name="m"}} 0.25
+# TYPE vllm:cache_config_info gauge
+vllm:cache_config_info{{block_size="128",enable_prefix_caching="{on}",engine="0"}} 1.0
+"""
+
+
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_every_profile_fits_a_small_max_model_len_and_says_it_was_scaled(name):
+    wl = workload(name, max_model_len=1024)
+    spec = wl.spec
+    assert all(len(p) + o <= 1024 for p, o in zip(spec.prompts, spec.output_lens))
+    assert wl.scale < 1 and "SCALED" in wl.describe() and "max_model_len 1024" in wl.describe()
+    assert len(set(spec.output_lens)) > 1  # a distribution, not one fixed length
+    assert workload(name, max_model_len=1024).spec == spec  # seeded
+    assert workload(name, max_model_len=1024, seed=1).spec.prompts != spec.prompts
+
+
+def test_nominal_profiles_keep_the_seed_sizes_when_the_server_is_large_enough():
+    wl = workload("rag", max_model_len=32768, requests=4)
+    assert wl.scale == 1 and "SCALED" not in wl.describe()
+    assert all(len(p) >= 16384 for p in wl.spec.prompts)
+
+
+def test_rag_prompts_share_their_prefix_token_ids_and_multi_turn_prompts_extend_the_history():
+    rag = workload("rag", max_model_len=1024).spec.prompts
+    n = workload("rag", max_model_len=1024).profile.shared_prefix
+    assert len({p[:n] for p in rag}) == 1 and len({p[n:] for p in rag}) > 1
+    wl = workload("multi-turn", max_model_len=1024, warmup=0)
+    sessions, prompts = wl.profile.concurrency, wl.spec.prompts
+    for i in range(sessions, 2 * sessions):  # turn 1 of each session starts with its turn 0
+        assert prompts[i][: len(prompts[i - sessions])] == prompts[i - sessions]
+        assert len(prompts[i]) > len(prompts[i - sessions])
+
+
+def test_a_workload_refuses_fields_it_sets_itself_and_unknown_names():
+    with pytest.raises(ValueError, match="use one of chat, rag"):
+        workload("chats")
+    with pytest.raises(ValueError, match="sets output_len itself"):
+        workload("chat", output_len=5)
+
+
+def test_the_shipped_trace_loads_and_shares_prefixes_through_hash_ids():
+    trace = load_trace(SHIPPED_TRACE)
+    replay = trace_spec(trace, max_model_len=1024)
+    spec, block = replay.spec, replay.block_size
+    assert replay.length_scale < 1 and replay.shared_blocks > 0
+    by_hash: dict[int, tuple] = {}
+    for r, p in zip(trace, spec.prompts):
+        for k, h in enumerate(r.hash_ids):
+            piece = p[k * block:(k + 1) * block]
+            if len(piece) == block:  # a whole block: the same ids wherever this hash id appears
+                assert by_hash.setdefault(h, piece) == piece
+    assert spec.arrival_times[0] == 0 and spec.arrival_times[-1] == pytest.approx(trace[-1].timestamp_ms / 1000)
+
+
+@given(ts=st.floats(0, 1e9), n_in=st.integers(1, 10**6), n_out=st.integers(1, 10**5),
+       hashes=st.lists(st.integers(0, 2**40), max_size=8))
+def test_trace_lines_round_trip(ts, n_in, n_out, hashes):
+    line = json.dumps({"timestamp": ts, "input_length": n_in, "output_length": n_out, "hash_ids": hashes})
+    assert parse_line(line, "t:1") == TraceRequest(ts, n_in, n_out, tuple(hashes))
+
+
+@pytest.mark.parametrize("line, field", [
+    ('{"timestamp": -1, "input_length": 5, "output_length": 5}', "timestamp"),
+    ('{"timestamp": 0, "input_length": 0, "output_length": 5}', "input_length"),
+    ('{"timestamp": 0, "input_length": 5}', "output_length"),
+    ('{"timestamp": 0, "input_length": 5, "output_length": 5, "hash_ids": [1.5]}', "hash_ids"),
+    ("[1, 2]", "JSON object"),
+])
+def test_bad_trace_lines_name_the_place_and_the_field(line, field):
+    with pytest.raises(ValueError, match=re.escape(field)) as exc:
+        parse_line(line, "trace.jsonl:7")
+    assert "trace.jsonl:7" in str(exc.value)
+
+
+@pytest.fixture(scope="module")
+def truth_url():
+    proc = subprocess.Popen([sys.executable, "-m", "pytest_llmserve.testing.truth_server", "--ttft-ms", "5",
+                             "--itl-ms", "5", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        yield re.search(r"http://\S+", proc.stdout.readline()).group(0)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_the_shipped_trace_replays_on_its_schedule(truth_url):
+    replay = trace_spec(load_trace(SHIPPED_TRACE))
+    result = run_load(truth_url, "truth-model", replay.spec)
+    assert result.summary.completed == replay.requests == 40 and result.summary.token_mismatches == 0
+    report = lateness(result, tolerance_ms=50)  # a wide margin: this machine is shared
+    assert report.on_time, report.render()
+    assert not any("sends were late" in r for r in result.invalid_reasons)
+
+
+def test_a_replay_too_fast_for_the_client_is_flagged_and_invalid(truth_url):
+    replay = trace_spec(load_trace(SHIPPED_TRACE), speed=100_000, repeat=10)  # 400 sends within 0.3 ms
+    result = run_load(truth_url, "truth-model", replay.spec)
+    report = lateness(result)
+    assert not report.on_time and "fell behind the schedule" in report.render()
+    assert not result.valid and any("sends were late" in r for r in result.invalid_reasons)
+
+
+def _summary(before: tuple, after: tuple, on: str = "True"):
+    samples = []
+    for t, (q, h) in enumerate((before, after)):
+        source, values = canonical_from_prometheus(parse_prometheus(VLLM_PREFIX.format(q=q, h=h, on=on)))
+        samples.append(Sample(t, source, values))
+    return summarize_samples(samples)
+
+
+def test_prefix_cache_hit_rate_is_the_ratio_of_counter_deltas_over_the_run():
+    s = _summary((1000, 200), (3000, 1700))
+    assert s.prefix_cache_hit_rate == pytest.approx(0.75) and s.prefix_cache_queries_delta == 2000
+    assert s.prefix_caching_enabled is True
+    off = _summary((50, 0), (50, 0), on="False")
+    assert off.prefix_cache_hit_rate == 0.0 and off.prefix_caching_enabled is False
+
+
+def test_a_gate_on_a_metric_the_server_lacks_fails_as_not_measurable():
+    s = _summary((0, 0), (100, 50))
+    limits = {"min_spec_acceptance_length": 1.5, "min_prefix_cache_hit_rate": 0.4}
+    runtime = measure(s, _FakeResult(), limits)
+    report = SloEvaluation(metrics=runtime.values, limits=limits, unmeasurable=runtime.unmeasurable).report("t")
+    assert not report.passed
+    rows = {r.metric: r.verdict for r in report.rows}
+    assert rows == {"spec_acceptance_length": "not measurable", "prefix_cache_hit_rate": "ok"}
+    assert any("min_spec_acceptance_length: not measurable on this server" in p for p in report.problems)
+
+
+def test_server_limits_validate_like_slo_keys():
+    assert validate_limits({"min_prefix_cache_hit_rate": 0.5, "goodput_ttft_ms": 100}, "w")
+    with pytest.raises(ValueError, match="is a fraction"):
+        validate_limits({"min_goodput": 90}, "w")
+
+
+class _Rec:
+    def __init__(self, ok, ttft, tpot):
+        self.warmup, self.ok, self.ttft_ms, self.tpot_ms, self.e2e_ms = False, ok, ttft, tpot, ttft
+
+
+class _FakeResult:
+    records = [_Rec(True, 10, 1), _Rec(True, 50, 1), _Rec(True, 10, 9), _Rec(False, None, None)]
+
+
+def test_goodput_counts_requests_within_every_limit_and_failures_as_not_good():
+    assert goodput_counts(_FakeResult(), {"goodput_ttft_ms": 20, "goodput_tpot_ms": 5}) == (1, 4)
+    runtime = measure(None, _FakeResult(), {"min_goodput": 0.5})
+    assert "needs a per-request limit" in runtime.unmeasurable["goodput"]
