@@ -51,8 +51,9 @@ def request_body(spec: LoadSpec, model: str, index: int) -> bytes:
     if spec.ignore_eos:
         body["ignore_eos"] = True
         body["min_tokens"] = output_len
-    body["stream"] = True
-    body["stream_options"] = {"include_usage": True}
+    body["stream"] = spec.stream
+    if spec.stream:
+        body["stream_options"] = {"include_usage": True}
     if spec.extra_body:
         body.update(spec.extra_body)
     return json.dumps(body, separators=(",", ":")).encode()

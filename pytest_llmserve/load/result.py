@@ -90,7 +90,7 @@ class RunResult:
 def build_result(spec: LoadSpec, shards: Sequence[Shard], options: ClientOptions) -> RunResult:
     """Decode raw requests, summarize, self-check and decide validity."""
     raws = sorted((r for s in shards for r in s.raws), key=lambda r: r.index)
-    records = [decode(r) for r in raws]
+    records = [decode(r, stream=spec.stream) for r in raws]
     summary = summarize(records, spec)
     check = evaluate(shards, summary, spec, options.limits, records)
     reasons = list(check.reasons)

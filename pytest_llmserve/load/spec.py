@@ -33,6 +33,8 @@ class LoadSpec:
     output_lens: tuple[int, ...] | None = None
     # arrival="trace": send offsets in seconds from the start of the measured window, one per measured request
     arrival_times: tuple[float, ...] | None = None
+    # False: non-streaming requests (offline batch); TTFT = E2E = arrival of the whole response, no ITL/TPOT
+    stream: bool = True
 
     @property
     def open_loop(self) -> bool:
@@ -72,6 +74,8 @@ class LoadSpec:
         if self.extra_body is not None and not isinstance(self.extra_body, Mapping):
             raise ValueError(f"extra_body must be a mapping of JSON fields, got {type(self.extra_body).__name__}")
         self._validate_sequences()
+        if not isinstance(self.stream, bool):
+            raise ValueError(f"stream={self.stream!r} must be True (SSE streaming) or False (one JSON response)")
         if self.prompts is not None:
             if not isinstance(self.prompts, tuple) or not self.prompts:
                 raise ValueError("prompts must be a non-empty tuple of strings or tuples of token ids")

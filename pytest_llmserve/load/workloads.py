@@ -59,6 +59,7 @@ class Profile:
     shared_prefix: int = 0  # tokens every prompt starts with (rag)
     turns: int = 1  # >1: sessions of this many turns; concurrency = sessions in flight
     first_turn: Lengths | None = None  # multi-turn: the first prompt (system + first question)
+    stream: bool = True  # False: non-streaming requests (batch); judged by throughput and E2E
 
     def longest(self) -> int:
         """The longest prompt + output this profile can draw (what must fit max_model_len)."""
@@ -84,8 +85,9 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             shared_prefix=16384),
     Profile("long-context", "long context: ~96K-token prompts, ~4K out, 2 streams",
             input=Lengths(98304, 81920, 114688, 0.1), output=Lengths(4096, 2048, 6144), concurrency=2, requests=8),
-    Profile("batch", "offline batch: ~1K in / ~1K out at 64 streams, judged by throughput",
-            input=Lengths(1024, 256, 2048), output=Lengths(1024, 512, 1536), concurrency=64, requests=128),
+    Profile("batch", "offline batch: ~1K in / ~1K out, 64 non-streaming requests in flight, judged by throughput",
+            input=Lengths(1024, 256, 2048), output=Lengths(1024, 512, 1536), concurrency=64, requests=128,
+            stream=False),
     Profile("multi-turn", "multi-turn: 8 sessions x 4 turns, each prompt = the session's history + a new message",
             input=Lengths(256, 64, 512), output=Lengths(256, 64, 512), concurrency=8, requests=32, turns=4,
             first_turn=Lengths(1024, 512, 2048)),
@@ -145,7 +147,7 @@ def workload(name: str, *, max_model_len: int | None = None, seed: int = 0, voca
         endpoint="completions", concurrency=concurrency, requests=requests, warmup=warmup,
         input_len=max(1, round(sum(map(len, prompts)) / len(prompts))),
         output_len=max(1, round(sum(outputs) / len(outputs))), prompts=tuple(prompts), output_lens=tuple(outputs),
-        seed=seed, vocab_size=vocab_size, **overrides)
+        seed=seed, vocab_size=vocab_size, stream=overrides.pop("stream", profile.stream), **overrides)
     spec.validate()
     return Workload(profile=profile, nominal=nominal, scale=scale, max_model_len=max_model_len, spec=spec)
 
