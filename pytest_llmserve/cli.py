@@ -53,6 +53,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     "'shipped' = the small sample trace")
     ld.add_argument("--trace-speed", type=float, default=1.0, help="replay speed-up (2: twice as fast)")
     ld.add_argument("--trace-block-size", type=int, default=512, help="tokens per trace hash id")
+    ld.add_argument("--trace-repeat", type=int, default=1, help="play the trace this many times back to back")
     ld.add_argument("--max-model-len", type=int, help="fit workload/trace lengths to this (default: GET /v1/models)")
     ld.add_argument("--prompts-file", help='JSONL, one {"prompt": "text" | [token ids]} per line')
     ld.add_argument("--vocab-size", type=int, help="model vocabulary size (bounds synthetic token ids)")
@@ -88,7 +89,7 @@ def _shaped_spec(a: argparse.Namespace, model: str) -> tuple[LoadSpec, list[str]
     limit = a.max_model_len or max_model_len(a.url, model)
     if a.trace:
         replay = trace_spec(load_trace(SHIPPED_TRACE if a.trace == "shipped" else a.trace), speed=a.trace_speed,
-                            block_size=a.trace_block_size, max_model_len=limit, seed=a.seed,
+                            block_size=a.trace_block_size, max_model_len=limit, seed=a.seed, repeat=a.trace_repeat,
                             vocab_size=a.vocab_size, request_timeout_s=a.timeout)
         return replay.spec, [replay.describe()]
     args = {k: v for k, v in (("concurrency", a.concurrency), ("requests", a.requests)) if v is not None}

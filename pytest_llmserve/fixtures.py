@@ -11,6 +11,7 @@ import pytest
 from . import benchmark_bridge
 from .config import ConfigError, Target, parse_cpu_list
 from .load import CheckLimits, ClientOptions, LoadSpec, RunResult, run_load
+from .load.trace import TraceReplay
 from .load.workloads import Workload, workload
 from .outcome import LoadOutcome
 from .progress import Heartbeat, pytest_emitter
@@ -80,7 +81,12 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
         context: list[str] = []
         try:
             name = spec_args.pop("workload", None)
-            if name is not None:
+            trace = spec_args.pop("trace", None)
+            if trace is not None:
+                replay = resolve_trace(llm_server, trace, spec_args)
+                spec = replay.spec
+                context.append(replay.describe())
+            elif name is not None:
                 wl = resolve_workload(llm_server, name, spec_args)
                 spec = wl.spec
                 context.append(wl.describe())
@@ -129,6 +135,19 @@ def resolve_workload(server: ServerHandle, name: str, spec_args: dict[str, Any])
     args = {k: table[k] for k in ("requests", "concurrency", "warmup") if k in table} | spec_args
     limit = table.get("max_model_len") or max_model_len(server.base_url, server.model)
     return workload(name, max_model_len=limit, **args)
+
+
+def resolve_trace(server: ServerHandle, path: str, spec_args: dict[str, Any]) -> TraceReplay:
+    """A trace file (or "shipped") for this server: trace_speed / trace_repeat / seed from the arguments."""
+    from .load.trace import SHIPPED_TRACE, load_trace, trace_spec
+
+    known = {"trace_speed": "speed", "trace_repeat": "repeat", "seed": "seed", "request_timeout_s": "request_timeout_s"}
+    unknown = set(spec_args) - set(known) - {"requests"}
+    if unknown:
+        raise ValueError(f"a trace sets its own load shape; leave out {', '.join(sorted(unknown))}")
+    limit = server.target.workloads.get("max_model_len") or max_model_len(server.base_url, server.model)
+    return trace_spec(load_trace(SHIPPED_TRACE if path == "shipped" else path), max_model_len=limit,
+                      **{known[k]: v for k, v in spec_args.items() if k in known})
 
 
 def _fail_with_death(server: ServerHandle) -> None:

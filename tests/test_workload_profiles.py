@@ -122,7 +122,8 @@ def test_the_shipped_trace_replays_on_its_schedule(truth_url):
 
 
 def test_a_replay_too_fast_for_the_client_is_flagged_and_invalid(truth_url):
-    replay = trace_spec(load_trace(SHIPPED_TRACE), speed=100_000, repeat=10)  # 400 sends within 0.3 ms
+    # 1,200 sends due within 0.1 ms (lengths shrunk so the requests themselves are cheap)
+    replay = trace_spec(load_trace(SHIPPED_TRACE), speed=100_000, repeat=30, max_model_len=64)
     result = run_load(truth_url, "truth-model", replay.spec)
     report = lateness(result)
     assert not report.on_time and "fell behind the schedule" in report.render()
@@ -186,3 +187,42 @@ def test_non_streaming_requests_are_timed_by_the_whole_response_and_token_counts
         assert r.ok and r.ttft_ms == r.e2e_ms and r.tpot_ms is None and r.itl_ms == []
         assert r.output_tokens == wl.spec.output_len_for(r.index) and r.text
     assert result.summary.itl_ms.n == 0 and result.summary.output_tok_s > 0
+
+
+PLUGIN_CONFIG = """
+[tool.llmserve]
+baselines_dir = "baselines"
+
+[[tool.llmserve.targets]]
+name = "truth"
+kind = "openai"
+url = "{url}"
+model = "truth-model"
+client = {{ max_merged_token_frac = 1.0, max_loop_lag_p99_ms = 1000 }}
+workloads = {{ max_model_len = 256 }}
+"""
+
+PLUGIN_TESTS = """
+import pytest
+
+def test_replays_the_shipped_trace(llm_load):
+    outcome = llm_load(trace="shipped", trace_speed=4)
+    assert outcome.result.summary.completed == 40
+    outcome.assert_slo()
+
+@pytest.mark.slo(min_prefix_cache_hit_rate=0.5)
+def test_gates_a_hit_rate_the_server_cannot_report(llm_load):
+    llm_load(workload="chat", requests=4, concurrency=2).assert_slo()
+"""
+
+
+def test_llm_load_replays_traces_and_an_unmeasurable_gate_fails_saying_why(pytester, truth_url):
+    pytester.makefile(".toml", pyproject=PLUGIN_CONFIG.format(url=truth_url))
+    pytester.makepyfile(test_user=PLUGIN_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v", "--update-baselines")
+    out = result.stdout.str()
+    result.assert_outcomes(passed=1, failed=1)
+    assert "trace replay: 40 requests over 0.828 s (speed x4)" in out
+    assert "WARNING: prefix cache not reset: the server has no /reset_prefix_cache" in out
+    assert "min_prefix_cache_hit_rate: not measurable on this server" in out
+    assert re.search(r"prefix_cache_hit_rate\s+n/a\s+>= 0\.500.*not measurable", out), out[-3000:]
