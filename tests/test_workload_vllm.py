@@ -56,6 +56,7 @@ def test_rag_profile_meets_the_prefix_cache_hit_rate_floor_on_cpu_vllm(pytester,
     out = result.stdout.str()
     assert result.ret == 0, out[-5000:]
     assert "SCALED x0.0580 to fit max_model_len 1024" in out  # the workload said how it was sized
+    print(re.search(r"prefix_cache_hit_rate.*", out).group(0))
 
 
 def test_rag_profile_fails_naming_the_rate_when_prefix_caching_is_off(pytester, vllm_without_prefix_cache):
@@ -65,3 +66,4 @@ def test_rag_profile_fails_naming_the_rate_when_prefix_caching_is_off(pytester, 
     row = re.search(r"prefix_cache_hit_rate\s+(\S+)\s+>= 0\.500.*FAIL", out)
     assert row, out[-5000:]
     assert float(row.group(1)) < 0.5
+    print(row.group(0))  # the measured row, for the record (pytest -s)
