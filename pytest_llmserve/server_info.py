@@ -42,7 +42,7 @@ class CacheReset:
     line: str  # for the verdict's context: what was done, or the warning
 
 
-def reset_prefix_cache(base_url: str, timeout_s: float = 30.0) -> CacheReset:
+def reset_prefix_cache(base_url: str, timeout_s: float = 5.0) -> CacheReset:
     """POST /reset_prefix_cache; when the server does not offer it, a warning instead."""
     url = f"{_root(base_url)}/reset_prefix_cache"
     try:
