@@ -211,7 +211,7 @@ def test_replays_the_shipped_trace(llm_load):
     outcome.assert_slo()
 
 @pytest.mark.slo(min_prefix_cache_hit_rate=0.5)
-def test_gates_a_hit_rate_the_server_cannot_report(llm_load):
+def test_unmeasurable(llm_load):
     llm_load(workload="chat", requests=4, concurrency=2).assert_slo()
 """
 
@@ -226,3 +226,4 @@ def test_llm_load_replays_traces_and_an_unmeasurable_gate_fails_saying_why(pytes
     assert "WARNING: prefix cache not reset: the server has no /reset_prefix_cache" in out
     assert "min_prefix_cache_hit_rate: not measurable on this server" in out
     assert re.search(r"prefix_cache_hit_rate\s+n/a\s+>= 0\.500.*not measurable", out), out[-3000:]
+    assert re.search(r"^\s*x\s+truth\s+\S+unmeasurable\S*\s+prefix_cache_hit_rate", out, re.M), out[-3000:]
