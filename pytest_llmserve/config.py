@@ -301,13 +301,19 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
     )
 
 
-def _parse_workloads(err: _Errors, raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+def _parse_workloads(err: _Errors, raw: Mapping[str, Any], where: str, shape_only: bool = False) -> dict[str, Any]:
     """The `workloads` table: which profiles the workload suite runs, and their shape."""
     from .load.workloads import PROFILES
 
     for key, value in raw.items():
-        if key not in WORKLOAD_KEYS:
-            err.fail(f"{where}.{key}", value, f"unknown key; known: {', '.join(WORKLOAD_KEYS)}")
+        if key in PROFILES:  # one profile's own shape: { requests = N, concurrency = N, warmup = N }
+            if not isinstance(value, Mapping):
+                err.fail(f"{where}.{key}", value, "must be a table like { requests = 16, concurrency = 4 }")
+            _parse_workloads(err, {k: v for k, v in value.items()}, f"{where}.{key}", shape_only=True)
+            continue
+        if key not in WORKLOAD_KEYS or (shape_only and key in ("profiles", "max_model_len")):
+            known = [k for k in WORKLOAD_KEYS if not shape_only or k not in ("profiles", "max_model_len")]
+            err.fail(f"{where}.{key}", value, f"unknown key; known: {', '.join(known + ([] if shape_only else list(PROFILES)))}")
         if key == "profiles":
             if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
                 err.fail(f"{where}.{key}", value, f"must be a non-empty list of profile names ({', '.join(PROFILES)})")

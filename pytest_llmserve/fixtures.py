@@ -132,7 +132,8 @@ def resolve_workload(server: ServerHandle, name: str, spec_args: dict[str, Any])
     """A named profile for this server: the target's `workloads` table, then the test's arguments;
     lengths scaled to the server's max_model_len (the table's, else what GET /v1/models says)."""
     table = server.target.workloads
-    args = {k: table[k] for k in ("requests", "concurrency", "warmup") if k in table} | spec_args
+    shape = {k: table[k] for k in ("requests", "concurrency", "warmup") if k in table}
+    args = shape | dict(table.get(name, {})) | spec_args  # all profiles < this profile < the test's arguments
     limit = table.get("max_model_len") or max_model_len(server.base_url, server.model)
     return workload(name, max_model_len=limit, **args)
 

@@ -227,3 +227,17 @@ def test_llm_load_replays_traces_and_an_unmeasurable_gate_fails_saying_why(pytes
     assert "min_prefix_cache_hit_rate: not measurable on this server" in out
     assert re.search(r"prefix_cache_hit_rate\s+n/a\s+>= 0\.500.*not measurable", out), out[-3000:]
     assert re.search(r"^\s*x\s+truth\s+\S+unmeasurable\S*\s+prefix_cache_hit_rate", out, re.M), out[-3000:]
+
+
+def test_the_workloads_table_is_validated_with_errors_naming_the_key():
+    from pytest_llmserve.config import ConfigError, parse_config
+
+    def target(table):
+        return {"targets": [{"name": "a", "kind": "openai", "url": "http://h:1", "workloads": table}]}
+
+    ok = parse_config(target({"profiles": ["rag"], "requests": 8, "batch": {"concurrency": 4}}), source="x")
+    assert ok.targets[0].workloads["batch"] == {"concurrency": 4}
+    for table, key in (({"bach": {}}, "workloads.bach"), ({"profiles": ["chats"]}, "workloads.profiles"),
+                       ({"batch": {"profiles": ["chat"]}}, "workloads.batch.profiles"), ({"requests": 0}, "requests")):
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            parse_config(target(table), source="x")
