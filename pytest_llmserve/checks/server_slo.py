@@ -56,15 +56,14 @@ def measure(summary: MetricsSummary | None, result: RunResult, limits: Mapping[s
         where = f"its metrics endpoint {metrics_url}" if metrics_url else "no metrics endpoint is known for it"
         reason = f"not measurable on this server: {where} gave no samples during the run"
         for metric, _ in SERVER_LIMIT_KEYS.values():
-            why[metric] = reason
+            if metric != "goodput":  # measured by the client
+                why[metric] = reason
     else:
         _from_summary(summary, values, why)
         if "min_prefix_cache_hit_rate" in limits and summary.prefix_caching_enabled is False:
             context.append("prefix caching is off on this server (vllm:cache_config_info enable_prefix_caching=False)")
     if "min_goodput" in limits:
         _goodput(result, limits, values, why, context)
-    else:
-        why.pop("goodput", None)
     return RuntimeMeasurements(values=values, unmeasurable=why, context=context)
 
 
