@@ -46,6 +46,7 @@ class LoadOutcome:
                       **validate_limits(limits, f"{self.nodeid}: assert_slo")}
         except ValueError as exc:
             pytest.fail(str(exc), pytrace=False)
+        merged, set_aside = server_slo.applicable_limits(merged, self.result.spec.stream)
         runtime = server_slo.measure(self.server_metrics, self.result, merged, self.metrics_url)
         metrics = {**self.metrics, **runtime.values}
         refused = _errors_refuse_recording(self.result, merged) if self.session.store.update else None
@@ -69,7 +70,7 @@ class LoadOutcome:
         if self.optimisations is not None:
             context += self.optimisations.render().splitlines()
         context += server_lines(self.server_metrics)
-        context += runtime.context
+        context += runtime.context + set_aside
         if not comparisons and not self.session.store.update:
             others = self.session.store.other_hardware_with(self.target.name, self.nodeid)
             if others:

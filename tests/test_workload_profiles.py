@@ -241,3 +241,13 @@ def test_the_workloads_table_is_validated_with_errors_naming_the_key():
                        ({"batch": {"profiles": ["chat"]}}, "workloads.batch.profiles"), ({"requests": 0}, "requests")):
         with pytest.raises(ConfigError, match=re.escape(key)):
             parse_config(target(table), source="x")
+
+
+def test_itl_and_tpot_limits_are_set_aside_for_non_streaming_runs_and_said_so():
+    from pytest_llmserve.checks.server_slo import applicable_limits
+
+    limits = {"ttft_p95_ms": 100.0, "itl_p95_ms": 5.0, "tpot_p95_ms": 5.0, "min_output_tok_s": 1.0}
+    assert applicable_limits(limits, stream=True) == (limits, [])
+    kept, note = applicable_limits(limits, stream=False)
+    assert kept == {"ttft_p95_ms": 100.0, "min_output_tok_s": 1.0}
+    assert note == ["non-streaming requests: itl_p95_ms, tpot_p95_ms not applied (no inter-token gaps to measure)"]

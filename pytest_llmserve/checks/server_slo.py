@@ -135,3 +135,22 @@ def _within(value: float | None, limit: float) -> bool:
     # a one-token answer has no TPOT: it cannot break a TPOT limit
     return value is None or (math.isfinite(value) and value <= limit)
 
+
+
+STREAMING_ONLY = ("itl_", "tpot_", "goodput_tpot_ms")
+
+
+def applicable_limits(limits: Mapping[str, float], stream: bool) -> tuple[dict[str, float], list[str]]:
+    """Limits that mean something for this run, and a context line for those set aside.
+
+    A non-streaming run has no inter-token gaps (ITL/TPOT): a target-wide `itl_p95_ms` is not applied to
+    it (said in the context) instead of failing on a metric that cannot exist. Its TTFT is the arrival
+    of the whole answer, so TTFT limits still apply.
+    """
+    if stream:
+        return dict(limits), []
+    skipped = sorted(k for k in limits if k.startswith(STREAMING_ONLY))
+    kept = {k: v for k, v in limits.items() if k not in skipped}
+    note = ([f"non-streaming requests: {', '.join(skipped)} not applied (no inter-token gaps to measure)"]
+            if skipped else [])
+    return kept, note
