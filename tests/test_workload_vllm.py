@@ -66,4 +66,5 @@ def test_rag_profile_fails_naming_the_rate_when_prefix_caching_is_off(pytester, 
     row = re.search(r"prefix_cache_hit_rate\s+(\S+)\s+>= 0\.500.*FAIL", out)
     assert row, out[-5000:]
     assert float(row.group(1)) < 0.5
+    assert "prefix caching is off on this server (vllm:cache_config_info enable_prefix_caching=False)" in out
     print(row.group(0))  # the measured row, for the record (pytest -s)
