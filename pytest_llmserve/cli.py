@@ -46,7 +46,15 @@ def _build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--duration", type=float, help="seconds of load instead of a request count")
     ld.add_argument("--warmup", type=int, default=2, help="requests sent first, excluded from statistics")
     ld.add_argument("--prompt-len", type=int, default=64, help="synthetic prompt length in tokens")
-    ld.add_argument("--output-len", type=int, required=True, help="tokens to decode per request")
+    ld.add_argument("--output-len", type=int, help="tokens to decode per request (required without --workload/--trace)")
+    ld.add_argument("--workload", help="a named profile instead of fixed lengths: chat, rag, long-context, batch, "
+                    "multi-turn (scaled to the server's max_model_len)")
+    ld.add_argument("--trace", metavar="JSONL", help="replay a Mooncake-format trace at its timestamps (open loop); "
+                    "'shipped' = the small sample trace")
+    ld.add_argument("--trace-speed", type=float, default=1.0, help="replay speed-up (2: twice as fast)")
+    ld.add_argument("--trace-block-size", type=int, default=512, help="tokens per trace hash id")
+    ld.add_argument("--trace-repeat", type=int, default=1, help="play the trace this many times back to back")
+    ld.add_argument("--max-model-len", type=int, help="fit workload/trace lengths to this (default: GET /v1/models)")
     ld.add_argument("--prompts-file", help='JSONL, one {"prompt": "text" | [token ids]} per line')
     ld.add_argument("--vocab-size", type=int, help="model vocabulary size (bounds synthetic token ids)")
     ld.add_argument("--no-ignore-eos", action="store_true", help="do not force matched work (ignore_eos, min_tokens)")
@@ -64,6 +72,30 @@ def _build_parser() -> argparse.ArgumentParser:
     tech.add_argument("--no-uvloop", action="store_true")
     tech.add_argument("--no-gc-freeze", action="store_true")
     return p
+
+
+def _shaped_spec(a: argparse.Namespace, model: str) -> tuple[LoadSpec, list[str]]:
+    """The spec of --workload / --trace (lengths fitted to the server), else of the plain flags."""
+    if a.workload and a.trace:
+        raise ValueError("give --workload or --trace, not both")
+    if not (a.workload or a.trace):
+        if a.output_len is None:
+            raise ValueError("--output-len is required (or use --workload NAME / --trace FILE)")
+        return _spec_from_args(a), []
+    from .load.trace import SHIPPED_TRACE, load_trace, trace_spec
+    from .load.workloads import workload
+    from .server_info import max_model_len
+
+    limit = a.max_model_len or max_model_len(a.url, model)
+    if a.trace:
+        replay = trace_spec(load_trace(SHIPPED_TRACE if a.trace == "shipped" else a.trace), speed=a.trace_speed,
+                            block_size=a.trace_block_size, max_model_len=limit, seed=a.seed, repeat=a.trace_repeat,
+                            vocab_size=a.vocab_size, request_timeout_s=a.timeout)
+        return replay.spec, [replay.describe()]
+    args = {k: v for k, v in (("concurrency", a.concurrency), ("requests", a.requests)) if v is not None}
+    wl = workload(a.workload, max_model_len=limit, seed=a.seed, vocab_size=a.vocab_size,
+                  request_timeout_s=a.timeout, **args)
+    return wl.spec, [wl.describe()]
 
 
 def _spec_from_args(a: argparse.Namespace) -> LoadSpec:
@@ -124,7 +156,8 @@ def format_table(result: RunResult) -> str:
 
 def _load(a: argparse.Namespace) -> int:
     try:
-        spec = _spec_from_args(a)
+        if not (a.workload or a.trace):
+            _shaped_spec(a, "")  # usage errors before any request
         headers = _headers(a.header)
         model = a.model
         if model is None:
@@ -132,6 +165,7 @@ def _load(a: argparse.Namespace) -> int:
             if not models:
                 raise ValueError(f"{a.url}/v1/models lists no model; pass --model NAME")
             model = models[0]
+        spec, notes = _shaped_spec(a, model)
         options = ClientOptions(kernel_timestamps=not a.no_kernel_timestamps, uvloop=not a.no_uvloop,
                                 gc_freeze=not a.no_gc_freeze, http_parser=a.http_parser, workers=a.workers,
                                 headers=headers)
@@ -148,9 +182,22 @@ def _load(a: argparse.Namespace) -> int:
     if a.json_path:
         out = result.to_dict(include_records=a.records)
         out["model"], out["url"] = model, a.url
+        out["notes"] = notes
+        if a.trace:
+            from dataclasses import asdict
+
+            from .load.trace import lateness
+
+            out["lateness"] = asdict(lateness(result, ClientOptions().limits.max_send_lag_p99_ms))
         Path(a.json_path).write_text(json.dumps(out, indent=2) + "\n")
     if not a.quiet:
+        for note in notes:
+            print(note)
         print(format_table(result))
+        if a.trace:
+            from .load.trace import lateness
+
+            print(lateness(result, ClientOptions().limits.max_send_lag_p99_ms).render())
     return 0 if result.valid else 1
 
 

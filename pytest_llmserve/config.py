@@ -23,6 +23,16 @@ SLO_KEYS = (
     "min_output_tok_s",
     "min_requests_s",
     "max_error_rate",
+    # what the server did and goodput (checks/server_slo.py)
+    "min_prefix_cache_hit_rate",
+    "min_spec_acceptance_length",
+    "max_kv_cache_usage",
+    "max_preemptions",
+    "max_queue_time_ms",
+    "min_goodput",
+    "goodput_ttft_ms",
+    "goodput_tpot_ms",
+    "goodput_e2e_ms",
 )
 TARGET_KEYS = {
     "name": str,
@@ -45,7 +55,9 @@ TARGET_KEYS = {
     "client": dict,
     "cpus": str,
     "client_cpus": str,
+    "workloads": dict,
 }
+WORKLOAD_KEYS = ("profiles", "requests", "concurrency", "warmup", "max_model_len")
 CLIENT_KEYS = ("max_send_lag_p99_ms", "max_merged_token_frac", "merged_lag_tolerance_ms", "max_loop_lag_p99_ms", "workers")
 TOP_KEYS = {"baselines_dir": str, "hardware": str, "targets": list, "tolerance": dict}
 DEFAULT_STARTUP_TIMEOUT_S = 600.0
@@ -105,6 +117,7 @@ class Target:
     client: Mapping[str, float] = field(default_factory=dict)  # load-client self-check limits, workers
     cpus: str | None = None  # run the server under `taskset -c CPUS`
     client_cpus: str | None = None  # pin the load client (the pytest process) to these CPUs while it runs
+    workloads: Mapping[str, Any] = field(default_factory=dict)  # the workload suite: profiles, requests, ...
     source: str = "<memory>"
 
     @property
@@ -236,6 +249,10 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
             err.fail(f"{where}.slo.{key}", value, f"unknown SLO key; known: {', '.join(SLO_KEYS)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
             err.fail(f"{where}.slo.{key}", value, "must be a finite non-negative number (leave the key out for no limit)")
+        from .checks.server_slo import check_value
+
+        if check_value(key, float(value)):
+            err.fail(f"{where}.slo.{key}", value, check_value(key, float(value)))
     if "cuda_graphs" in raw:
         from .checks.graph_requirement import CudaGraphRequirement
 
@@ -254,6 +271,7 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
     for key in ("cpus", "client_cpus"):
         if key in raw and not _CPU_LIST.fullmatch(raw[key]):
             err.fail(f"{where}.{key}", raw[key], "must be a CPU list like '0', '0-3' or '0,2-3'")
+    workloads = _parse_workloads(err, raw.get("workloads", {}), f"{where}.workloads")
     concurrency = raw.get("concurrency", [1, 4, 16])
     if not concurrency or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in concurrency):
         err.fail(f"{where}.concurrency", concurrency, "must be a non-empty list of integers >= 1")
@@ -278,8 +296,33 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
         client=client,
         cpus=raw.get("cpus"),
         client_cpus=raw.get("client_cpus"),
+        workloads=workloads,
         source=source,
     )
+
+
+def _parse_workloads(err: _Errors, raw: Mapping[str, Any], where: str, shape_only: bool = False) -> dict[str, Any]:
+    """The `workloads` table: which profiles the workload suite runs, and their shape."""
+    from .load.workloads import PROFILES
+
+    for key, value in raw.items():
+        if key in PROFILES:  # one profile's own shape: { requests = N, concurrency = N, warmup = N }
+            if not isinstance(value, Mapping):
+                err.fail(f"{where}.{key}", value, "must be a table like { requests = 16, concurrency = 4 }")
+            _parse_workloads(err, {k: v for k, v in value.items()}, f"{where}.{key}", shape_only=True)
+            continue
+        if key not in WORKLOAD_KEYS or (shape_only and key in ("profiles", "max_model_len")):
+            known = [k for k in WORKLOAD_KEYS if not shape_only or k not in ("profiles", "max_model_len")]
+            err.fail(f"{where}.{key}", value, f"unknown key; known: {', '.join(known + ([] if shape_only else list(PROFILES)))}")
+        if key == "profiles":
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                err.fail(f"{where}.{key}", value, f"must be a non-empty list of profile names ({', '.join(PROFILES)})")
+            for name in value:
+                if name not in PROFILES:
+                    err.fail(f"{where}.{key}", name, f"unknown profile; known: {', '.join(PROFILES)}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "warmup" else 1):
+            err.fail(f"{where}.{key}", value, f"must be an integer >= {0 if key == 'warmup' else 1}")
+    return dict(raw)
 
 
 def _resolve_model(err: _Errors, model: Any, base_dir: Path, where: str) -> str:

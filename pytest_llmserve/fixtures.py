@@ -11,8 +11,11 @@ import pytest
 from . import benchmark_bridge
 from .config import ConfigError, Target, parse_cpu_list
 from .load import CheckLimits, ClientOptions, LoadSpec, RunResult, run_load
+from .load.trace import TraceReplay
+from .load.workloads import Workload, workload
 from .outcome import LoadOutcome
 from .progress import Heartbeat, pytest_emitter
+from .server_info import max_model_len, reset_prefix_cache
 from .server_metrics import MetricsSampler
 from .servers.base import ServerError, ServerHandle
 from .session import get_session
@@ -72,13 +75,27 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
     limits = dict(marker.kwargs) if marker else {}
 
     def run(**spec_args: Any) -> LoadOutcome:
+        shown = ", ".join(f"{k}={v!r}" for k, v in spec_args.items())
         if session.requests_override is not None and spec_args.get("duration_s") is None:
             spec_args["requests"] = session.requests_override
+        context: list[str] = []
         try:
-            spec = LoadSpec(**spec_args)
+            name = spec_args.pop("workload", None)
+            trace = spec_args.pop("trace", None)
+            if trace is not None:
+                replay = resolve_trace(llm_server, trace, spec_args)
+                spec = replay.spec
+                context.append(replay.describe())
+            elif name is not None:
+                wl = resolve_workload(llm_server, name, spec_args)
+                spec = wl.spec
+                context.append(wl.describe())
+            else:
+                spec = LoadSpec(**spec_args)
             spec.validate()
         except (TypeError, ValueError) as exc:
-            pytest.fail(f"llm_load({', '.join(f'{k}={v!r}' for k, v in spec_args.items())}): {exc}", pytrace=False)
+            pytest.fail(f"llm_load({shown}): {exc}", pytrace=False)
+        reset = reset_prefix_cache(llm_server.base_url)
         sampler = MetricsSampler(llm_server.metrics_url).start() if llm_server.metrics_url else None
         shape = f"rate={spec.rate}/s" if spec.rate else f"c={spec.concurrency}"
         # no /metrics polling from this process during the run: it stalls the client (measured)
@@ -99,12 +116,39 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
             llm_server.ensure_alive()
         except ServerError as exc:
             pytest.fail(str(exc), pytrace=False)
+        hit_rate = server_metrics.prefix_cache_hit_rate if server_metrics is not None else None
+        if reset.done or hit_rate is None or hit_rate > 0:  # a cache that was never hit inflated nothing
+            context.append(reset.line)
         return LoadOutcome(result=result, target=llm_server.target, nodeid=request.node.nodeid,
-                           session=session, marker_limits=limits,
+                           session=session, marker_limits=limits, context=context,
+                           metrics_url=llm_server.metrics_url,
                            optimisations=session.optimisations_of(llm_server),
                            server_metrics=server_metrics, item=request.node)
 
     return run
+
+
+def resolve_workload(server: ServerHandle, name: str, spec_args: dict[str, Any]) -> Workload:
+    """A named profile for this server: the target's `workloads` table, then the test's arguments;
+    lengths scaled to the server's max_model_len (the table's, else what GET /v1/models says)."""
+    table = server.target.workloads
+    shape = {k: table[k] for k in ("requests", "concurrency", "warmup") if k in table}
+    args = shape | dict(table.get(name, {})) | spec_args  # all profiles < this profile < the test's arguments
+    limit = table.get("max_model_len") or max_model_len(server.base_url, server.model)
+    return workload(name, max_model_len=limit, **args)
+
+
+def resolve_trace(server: ServerHandle, path: str, spec_args: dict[str, Any]) -> TraceReplay:
+    """A trace file (or "shipped") for this server: trace_speed / trace_repeat / seed from the arguments."""
+    from .load.trace import SHIPPED_TRACE, load_trace, trace_spec
+
+    known = {"trace_speed": "speed", "trace_repeat": "repeat", "seed": "seed", "request_timeout_s": "request_timeout_s"}
+    unknown = set(spec_args) - set(known) - {"requests"}
+    if unknown:
+        raise ValueError(f"a trace sets its own load shape; leave out {', '.join(sorted(unknown))}")
+    limit = server.target.workloads.get("max_model_len") or max_model_len(server.base_url, server.model)
+    return trace_spec(load_trace(SHIPPED_TRACE if path == "shipped" else path), max_model_len=limit,
+                      **{known[k]: v for k, v in spec_args.items() if k in known})
 
 
 def _fail_with_death(server: ServerHandle) -> None:

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import pytest
 
 from .baselines import BaselineError, round_significant
+from .checks import server_slo
 from .checks.slo import BASELINE_METRICS, SloEvaluation, SloReport, validate_limits
 from .checks.optimisations import OptimisationsReport
 from .config import Target
@@ -30,6 +31,7 @@ class LoadOutcome:
     server_metrics: MetricsSummary | None = None  # what the server's /metrics said during the run
     item: Any = None  # the pytest item, for JUnit properties (record_property's user_properties)
     report: SloReport | None = None
+    metrics_url: str | None = None  # where server_metrics came from (named when it gave nothing)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -44,7 +46,9 @@ class LoadOutcome:
                       **validate_limits(limits, f"{self.nodeid}: assert_slo")}
         except ValueError as exc:
             pytest.fail(str(exc), pytrace=False)
-        metrics = self.metrics
+        merged, set_aside = server_slo.applicable_limits(merged, self.result.spec.stream)
+        runtime = server_slo.measure(self.server_metrics, self.result, merged, self.metrics_url)
+        metrics = {**self.metrics, **runtime.values}
         refused = _errors_refuse_recording(self.result, merged) if self.session.store.update else None
         # never record an invalid run, or one with failed requests, over a baseline
         keep = self.session.store.update and (not self.result.valid or refused is not None)
@@ -66,6 +70,7 @@ class LoadOutcome:
         if self.optimisations is not None:
             context += self.optimisations.render().splitlines()
         context += server_lines(self.server_metrics)
+        context += runtime.context + set_aside
         if not comparisons and not self.session.store.update:
             others = self.session.store.other_hardware_with(self.target.name, self.nodeid)
             if others:
@@ -77,6 +82,7 @@ class LoadOutcome:
             invalid_reasons=list(self.result.invalid_reasons) + ([refused] if refused else []),
             errors=dict(self.result.summary.errors),
             context=context,
+            unmeasurable=runtime.unmeasurable,
         )
         spec = self.result.spec
         shape = f"rate {spec.rate}/s" if spec.rate else f"concurrency {spec.concurrency}"

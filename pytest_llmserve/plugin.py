@@ -18,6 +18,7 @@ MARKERS = (
     "accuracy: accuracy-delta gates (e.g. FP8 vs FP16)",
     "cuda_graphs: CUDA-graph and optimisation evidence checks",
     "promotion: candidate-vs-incumbent promotion gate (noise-aware A/B comparison)",
+    "workload: named workload profiles (chat, rag, long-context, batch, multi-turn) against SLOs and baselines",
 )
 
 

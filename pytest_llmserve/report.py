@@ -11,7 +11,7 @@ from .session import LlmserveSession, ResultEntry
 
 
 ROW_HEAD = ("", "target", "test", "metric", "measured", "limit", "baseline", "verdict")
-_BAD = ("FAIL", "regression", "missing", "fail", "inconclusive")
+_BAD = ("FAIL", "regression", "missing", "fail", "inconclusive", "not measurable")
 
 
 def entry_rows(entry: ResultEntry) -> list[dict[str, Any]]:

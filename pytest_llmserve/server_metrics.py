@@ -57,6 +57,14 @@ class MetricsSummary:
     preemptions_delta: float | None
     queue_time_mean_s: float | None  # mean over requests that finished queueing during the run
     warnings: tuple[str, ...] = ()
+    # prefix cache over the run: hits / queries of the counter deltas (vLLM, prompt tokens), or the mean of
+    # the server's own hit-rate gauge (TensorRT-LLM); None when the server publishes neither
+    prefix_cache_hit_rate: float | None = None
+    prefix_cache_queries_delta: float | None = None  # vLLM: prompt tokens looked up during the run
+    prefix_caching_enabled: bool | None = None  # vLLM: vllm:cache_config_info{enable_prefix_caching}
+    # speculative decoding: 1 + accepted / drafts of the counter deltas (vLLM), or the mean of the gauge
+    spec_acceptance_length: float | None = None
+    spec_drafts_delta: float | None = None
 
     def table(self) -> str:
         def fmt(v: float | None, pct: bool = False) -> str:
@@ -106,13 +114,21 @@ def canonical_from_prometheus(samples: Mapping[str, list[tuple[dict[str, str], f
                 "running": total("vllm:num_requests_running"), "waiting": total("vllm:num_requests_waiting"),
                 "preemptions_total": total("vllm:num_preemptions_total"),
                 "queue_time_sum_s": total("vllm:request_queue_time_seconds_sum"),
-                "queue_time_count": total("vllm:request_queue_time_seconds_count")}
+                "queue_time_count": total("vllm:request_queue_time_seconds_count"),
+                # prompt tokens looked up in / found in the prefix cache (counters; CPU vLLM 0.32: *_total)
+                "prefix_cache_queries": total("vllm:prefix_cache_queries"),
+                "prefix_cache_hits": total("vllm:prefix_cache_hits"),
+                "spec_drafts": total("vllm:spec_decode_num_drafts"),
+                "spec_accepted": total("vllm:spec_decode_num_accepted_tokens"),
+                "prefix_caching_enabled": _config_flag(samples, "vllm:cache_config_info", "enable_prefix_caching")}
         source = "vllm"
     elif any(n.startswith("trtllm_") for n in samples):
         vals = {"kv_usage": biggest("trtllm_kv_cache_utilization"), "running": total("trtllm_num_requests_running"),
                 "waiting": total("trtllm_num_requests_waiting"), "paused": total("trtllm_num_paused_requests"),
                 "queue_time_sum_s": total("trtllm_request_queue_time_seconds_sum"),
-                "queue_time_count": total("trtllm_request_queue_time_seconds_count")}
+                "queue_time_count": total("trtllm_request_queue_time_seconds_count"),
+                "kv_hit_rate_gauge": biggest("trtllm_kv_cache_hit_rate"),
+                "spec_acceptance_gauge": biggest("trtllm_spec_decode_acceptance_length")}
         source = "trtllm"
     elif any(n.startswith("nv_") for n in samples):
         kv = biggest("nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="fraction")
@@ -137,6 +153,7 @@ def canonical_from_prometheus(samples: Mapping[str, list[tuple[dict[str, str], f
 def canonical_from_iteration_stats(stats: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     """trtllm-serve `/metrics` JSON: the peak of each quantity over the iterations returned."""
     out: dict[str, float] = {}
+    stats = list(stats)
 
     def peak(key: str, value: Any) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -149,6 +166,12 @@ def canonical_from_iteration_stats(stats: Iterable[Mapping[str, Any]]) -> dict[s
         peak("running", it.get("numActiveRequests"))
         peak("waiting", it.get("numQueuedRequests"))
         peak("paused", (it.get("inflightBatchingStats") or {}).get("numPausedRequests"))
+    for key, table, field_name in (("kv_hit_rate_gauge", "kvCacheStats", "cacheHitRate"),
+                                   ("spec_acceptance_gauge", "specDecodingStats", "acceptanceLength")):
+        seen = [float(v) for it in stats if isinstance(v := (it.get(table) or {}).get(field_name), (int, float))
+                and not isinstance(v, bool)]
+        if seen:  # a rate per iteration: the mean over the iterations of this read
+            out[key] = sum(seen) / len(seen)
     return out
 
 
@@ -187,13 +210,50 @@ def summarize_samples(samples: list[Sample], errors: int = 0, kv_high: float = K
     queue_mean = None
     if len(qsum) >= 2 and len(qcount) >= 2 and qcount[-1] > qcount[0]:
         queue_mean = (qsum[-1] - qsum[0]) / (qcount[-1] - qcount[0])
+    hit_rate, queries = _ratio_of_deltas(series("prefix_cache_hits"), series("prefix_cache_queries"))
+    if hit_rate is None and series("kv_hit_rate_gauge"):
+        hit_rate = _mean(series("kv_hit_rate_gauge"))
+    accepted, drafts = _ratio_of_deltas(series("spec_accepted"), series("spec_drafts"))
+    acceptance = 1.0 + accepted if accepted is not None else None
+    if acceptance is None and series("spec_acceptance_gauge"):
+        acceptance = _mean(series("spec_acceptance_gauge"))
+    enabled = series("prefix_caching_enabled")
     return MetricsSummary(
+        prefix_cache_hit_rate=hit_rate, prefix_cache_queries_delta=queries,
+        prefix_caching_enabled=bool(enabled[-1]) if enabled else None,
+        spec_acceptance_length=acceptance, spec_drafts_delta=drafts,
         source=samples[0].source if samples else "none", samples=len(samples), errors=errors,
         kv_usage_max=max(kv) if kv else None, kv_usage_mean=sum(kv) / len(kv) if kv else None, kv_high_fraction=high,
         running_max=max(series("running"), default=None), waiting_max=max(series("waiting"), default=None),
         paused_max=max(paused, default=None), preemptions_delta=preemptions, queue_time_mean_s=queue_mean,
         warnings=tuple(warnings),
     )
+
+
+def _ratio_of_deltas(numerator: list[float], denominator: list[float]) -> tuple[float | None, float | None]:
+    """(delta num / delta den, delta den) between the first and last sample; (None, None) without a pair.
+
+    A counter that did not move gives a ratio of 0 over 0 queries: (0.0, 0.0) for a present counter,
+    so "looked up nothing" reads as a hit rate of 0 rather than as a metric the server lacks.
+    """
+    if len(numerator) < 2 or len(denominator) < 2:
+        return None, None
+    num, den = numerator[-1] - numerator[0], denominator[-1] - denominator[0]
+    if num < 0 or den < 0:  # a counter went down: the server restarted during the run
+        return None, None
+    return (num / den if den > 0 else 0.0), den
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _config_flag(samples: Mapping[str, list[tuple[dict[str, str], float]]], name: str, label: str) -> float | None:
+    """1.0 / 0.0 from an info gauge's label ('True' / 'False'), None when absent."""
+    for labels, _value in samples.get(name, []):
+        if label in labels:
+            return 1.0 if labels[label].lower() == "true" else 0.0
+    return None
 
 
 @dataclass

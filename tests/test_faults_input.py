@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pytest_llmserve.checks.server_slo import FRACTION_KEYS
 from pytest_llmserve.config import KINDS, SLO_KEYS, ConfigError, parse_config
 from pytest_llmserve.testing import Script, TruthServer
 
@@ -34,7 +35,8 @@ _OPTIONAL = {
     "hardware": _TEXT,
     "dtype": st.sampled_from(["bfloat16", "float16", "auto"]),
     "served_model_name": _NAME,
-    "slo": st.dictionaries(st.sampled_from(SLO_KEYS), _NUM, max_size=4),
+    "slo": st.dictionaries(st.sampled_from(SLO_KEYS), _NUM, max_size=4).map(  # fractions (hit rate, ...) are <= 1
+        lambda d: {k: min(v, 1) if k in FRACTION_KEYS else v for k, v in d.items()}),
     "concurrency": st.lists(st.integers(1, 1024), min_size=1, max_size=4),
     "tolerance": st.dictionaries(st.sampled_from(["ttft_p95_ms", "output_tok_s"]),
                                  st.fixed_dictionaries({}, optional={"rel": st.floats(0, 5), "abs": _NUM}),

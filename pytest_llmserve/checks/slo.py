@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..baselines import UPDATE_HINT, MetricComparison
+from .server_slo import GOODPUT_PARAMS, SERVER_LIMIT_KEYS, check_value
 
 # marker/config key -> (metric in RunResult.metrics(), the limit is an upper bound)
 LIMIT_KEYS: Mapping[str, tuple[str, bool]] = {
@@ -21,6 +22,7 @@ LIMIT_KEYS: Mapping[str, tuple[str, bool]] = {
     "min_output_tok_s": ("output_tok_s", False),
     "min_requests_s": ("requests_s", False),
     "max_error_rate": ("error_rate", True),
+    **SERVER_LIMIT_KEYS,  # what the server did (server_slo.py): prefix-cache hit rate, KV usage, goodput, ...
 }
 # metrics compared with the stored baseline (error_rate is judged by its limit only)
 BASELINE_METRICS = (
@@ -33,15 +35,21 @@ def validate_limits(limits: Mapping[str, Any], where: str) -> dict[str, float]:
     """Check SLO keyword arguments: known keys, non-negative numbers; errors name the bad one."""
     out = {}
     for key, value in limits.items():
-        if key not in LIMIT_KEYS:
-            raise ValueError(f"{where}: unknown SLO {key}={value!r}; known: {', '.join(LIMIT_KEYS)}")
+        if key not in LIMIT_KEYS and key not in GOODPUT_PARAMS:
+            raise ValueError(f"{where}: unknown SLO {key}={value!r}; known: {', '.join([*LIMIT_KEYS, *GOODPUT_PARAMS])}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(
                 f"{where}: SLO {key}={value!r} must be a non-negative number "
                 f"({'milliseconds' if key.endswith('_ms') else 'a rate' if 'rate' in key else 'per second'})"
             )
+        problem = check_value(key, float(value))
+        if problem:
+            raise ValueError(f"{where}: SLO {key}={value!r} {problem}")
         out[key] = float(value)
     return out
+
+
+NOT_MEASURABLE = "not measurable"
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,7 @@ class SloRow:
 
     @property
     def failed(self) -> bool:
-        return self.verdict in ("FAIL", "regression", "missing")
+        return self.verdict in ("FAIL", "regression", "missing", NOT_MEASURABLE)
 
 
 @dataclass(frozen=True)
@@ -99,10 +107,12 @@ class SloEvaluation:
     invalid_reasons: list[str] = field(default_factory=list)
     errors: Mapping[str, int] = field(default_factory=dict)
     context: list[str] = field(default_factory=list)
+    unmeasurable: Mapping[str, str] = field(default_factory=dict)  # metric -> why the server cannot report it
 
     def report(self, title: str) -> SloReport:
         by_metric = {c.metric: c for c in self.comparisons}
-        limit_for = {LIMIT_KEYS[k][0]: (k, v) for k, v in self.limits.items()}
+        limit_for = {LIMIT_KEYS[k][0]: (k, v) for k, v in self.limits.items() if k in LIMIT_KEYS}
+        gaps: list[str] = []
         rows = []
         for metric in sorted(set(by_metric) | set(limit_for)):
             measured = self.metrics.get(metric, float("nan"))
@@ -113,12 +123,15 @@ class SloEvaluation:
                 limit_text = f"{'<=' if upper else '>='} {_fmt(bound)}"
                 within = measured <= bound if upper else measured >= bound
                 verdict = "ok" if within else "FAIL"
+                if metric not in self.metrics and metric in self.unmeasurable:
+                    verdict = NOT_MEASURABLE
+                    gaps.append(f"{key}: {self.unmeasurable[metric]}")
             comp = by_metric.get(metric)
             if comp is not None and verdict == "ok" and comp.verdict != "ok":
                 verdict = comp.verdict
             rows.append(SloRow(metric, measured, limit_text, comp.baseline if comp else None,
                                comp.bound if comp else None, verdict))
-        problems = [f"run invalid for SLO checks: {r}" for r in self.invalid_reasons]
+        problems = [f"run invalid for SLO checks: {r}" for r in self.invalid_reasons] + gaps
         if any(r.verdict == "missing" for r in rows):
             problems.append(f"no baseline stored for this test on this hardware; {UPDATE_HINT}")
         if self.errors:

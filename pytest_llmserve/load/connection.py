@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import h11
 
 from .records import RawRequest
-from .sse import SSEFramer
+from .sse import SSEFramer, WholeBody
 
 try:  # llhttp (C) through httptools: ~0.4 us per chunk against ~11 us for h11 (benchmarks/fidelity)
     import httptools as _httptools
@@ -75,12 +75,12 @@ class Conn:
 
     __slots__ = ("sock", "fd", "h", "parser", "sse", "req", "out", "t_free", "ts", "complete", "keep", "served")
 
-    def __init__(self, sock: socket.socket, fast: bool) -> None:
+    def __init__(self, sock: socket.socket, fast: bool, framer: type = SSEFramer) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.h = h11.Connection(h11.CLIENT)
         self.parser = _httptools.HttpResponseParser(self) if fast else None
-        self.sse = SSEFramer()
+        self.sse = framer()  # SSEFramer, or WholeBody for non-streaming requests
         self.req: RawRequest | None = None
         self.out = b""
         self.t_free = 0
@@ -277,7 +277,7 @@ class Transport:
     def _complete(self, conn: Conn, raw: RawRequest, ts: int) -> None:
         self._busy.discard(conn)
         conn.req = None
-        conn.sse = SSEFramer()
+        conn.sse = type(conn.sse)()
         self._finished(raw)
         conn.served += 1
         if conn.parser is not None:
@@ -374,7 +374,7 @@ class Transport:
         except (OSError, asyncio.TimeoutError) as exc:
             sock.close()
             raise OSError(f"cannot connect to {self.ep.host}:{self.ep.port}: {exc or type(exc).__name__}") from exc
-        conn = Conn(sock, self.fast)
+        conn = Conn(sock, self.fast, SSEFramer if self.spec.stream else WholeBody)
         if warm and not await self._warm(conn):
             sock.close()
             return await self._open(warm=False)

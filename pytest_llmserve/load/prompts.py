@@ -46,12 +46,14 @@ def request_body(spec: LoadSpec, model: str, index: int) -> bytes:
         body["prompt"] = prompt
     else:
         body["messages"] = [{"role": "user", "content": prompt}]
-    body["max_tokens"] = spec.output_len
+    output_len = spec.output_len_for(index)
+    body["max_tokens"] = output_len
     if spec.ignore_eos:
         body["ignore_eos"] = True
-        body["min_tokens"] = spec.output_len
-    body["stream"] = True
-    body["stream_options"] = {"include_usage": True}
+        body["min_tokens"] = output_len
+    body["stream"] = spec.stream
+    if spec.stream:
+        body["stream_options"] = {"include_usage": True}
     if spec.extra_body:
         body.update(spec.extra_body)
     return json.dumps(body, separators=(",", ":")).encode()
@@ -64,6 +66,8 @@ class BodyPool:
         n = max(1, min(needed, _MAX_DISTINCT))
         if spec.prompts is not None and len(spec.prompts) < n:
             n = len(spec.prompts)
+        if spec.output_lens is not None and len(spec.output_lens) < n:  # body i asks output_lens[i % n]
+            n = len(spec.output_lens)
         self._bodies = [request_body(spec, model, i) for i in range(n)]
 
     def __getitem__(self, index: int) -> bytes:

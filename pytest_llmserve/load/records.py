@@ -90,7 +90,7 @@ class RequestRecord:
     @property
     def tpot_ms(self) -> float | None:
         """(E2E - TTFT) / (N - 1) with N the decoded token count; None for one-token outputs."""
-        if self.output_tokens < 2 or self.t_first_token_ns is None or self.t_last_token_ns is None:
+        if self.output_tokens < 2 or len(self.token_times_ns) < 2:  # one chunk (non-streaming): no TPOT
             return None
         return (self.t_last_token_ns - self.t_first_token_ns) / NS_PER_MS / (self.output_tokens - 1)
 
@@ -99,8 +99,12 @@ class RequestRecord:
             "token_times_ns": list(self.token_times_ns)}
 
 
-def decode(raw: RawRequest) -> RequestRecord:
-    """Parse the raw SSE payloads of one request and classify it (after the measured window)."""
+def decode(raw: RawRequest, stream: bool = True) -> RequestRecord:
+    """Parse the raw SSE payloads of one request and classify it (after the measured window).
+
+    `stream=False`: the payloads are fragments of one JSON body; it counts as one chunk arriving with
+    its last fragment (TTFT = E2E = the whole answer's arrival).
+    """
     kind, msg = raw.err_kind, raw.err_msg
     if kind is None and raw.status is not None and raw.status != 200:
         body = b"".join(raw.err_body).decode("utf-8", "replace").strip()
@@ -109,7 +113,11 @@ def decode(raw: RawRequest) -> RequestRecord:
     token_ts: list[int] = []
     finish = usage = rid = None
     done = False
-    for ts, payload in zip(raw.ev_ts, raw.ev_data):
+    events = zip(raw.ev_ts, raw.ev_data)
+    if not stream:
+        events = iter([(raw.ev_ts[-1], b"".join(raw.ev_data))] if raw.ev_data else [])
+        done = bool(raw.ev_data)
+    for ts, payload in events:
         if payload == b"[DONE]":
             done = True
             continue
@@ -134,7 +142,7 @@ def decode(raw: RawRequest) -> RequestRecord:
             if not isinstance(choice, dict):
                 continue
             piece = choice.get("text")
-            delta = choice.get("delta")
+            delta = choice.get("delta") if stream else choice.get("message")
             if isinstance(delta, dict):
                 piece = delta.get("content")
                 # reasoning and tool-call deltas are generated tokens too (first token = first output)

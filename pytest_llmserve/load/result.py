@@ -49,6 +49,10 @@ class RunResult:
         spec = {f: getattr(self.spec, f) for f in self.spec.__dataclass_fields__}
         if self.spec.prompts is not None:
             spec["prompts"] = f"{len(self.spec.prompts)} prompts"
+        if self.spec.output_lens is not None:
+            spec["output_lens"] = f"{len(self.spec.output_lens)} lengths, mean {_mean(self.spec.output_lens):.1f}"
+        if self.spec.arrival_times is not None:
+            spec["arrival_times"] = f"{len(self.spec.arrival_times)} send offsets over {self.spec.arrival_times[-1]:.3f} s"
         spec["extra_body"] = dict(self.spec.extra_body) if self.spec.extra_body else None
         d: dict[str, Any] = {
             "valid": self.valid,
@@ -86,7 +90,7 @@ class RunResult:
 def build_result(spec: LoadSpec, shards: Sequence[Shard], options: ClientOptions) -> RunResult:
     """Decode raw requests, summarize, self-check and decide validity."""
     raws = sorted((r for s in shards for r in s.raws), key=lambda r: r.index)
-    records = [decode(r) for r in raws]
+    records = [decode(r, stream=spec.stream) for r in raws]
     summary = summarize(records, spec)
     check = evaluate(shards, summary, spec, options.limits, records)
     reasons = list(check.reasons)
@@ -105,11 +109,16 @@ def build_result(spec: LoadSpec, shards: Sequence[Shard], options: ClientOptions
     if summary.token_mismatches:
         reasons.append(
             f"{summary.token_mismatches} of {summary.completed} responses did not decode exactly "
-            f"output_len={spec.output_len} tokens ({'; '.join(summary.mismatch_examples)}): the work is not "
+            f"{'the output_lens each asked for' if spec.output_lens else f'output_len={spec.output_len} tokens'} "
+            f"({'; '.join(summary.mismatch_examples)}): the work is not "
             "matched; check that the server honours ignore_eos and min_tokens"
         )
     return RunResult(spec=spec, records=records, summary=summary, client_check=check,
                      valid=not reasons, invalid_reasons=reasons)
+
+
+def _mean(values: Sequence[int]) -> float:
+    return sum(values) / len(values)
 
 
 def _nan_to_none(x: Any) -> Any:

@@ -20,6 +20,8 @@ def arrival_offsets(spec: LoadSpec) -> np.ndarray:
     """
     if spec.rate is None:
         raise ValueError("arrival_offsets needs an open-loop spec (rate=R requests/s)")
+    if spec.arrival_times is not None:  # a replayed trace: its own offsets, nothing drawn
+        return np.asarray(spec.arrival_times, dtype=np.float64)
     rate = float(spec.rate)
     if spec.requests is not None:
         n = spec.requests

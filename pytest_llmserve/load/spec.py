@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 ENDPOINTS = ("completions", "chat")
-ARRIVALS = ("poisson", "constant")
+ARRIVALS = ("poisson", "constant", "trace")  # "trace": the send offsets in `arrival_times`
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,12 @@ class LoadSpec:
     seed: int = 0
     extra_body: Mapping[str, Any] | None = None  # merged into every request body
     vocab_size: int | None = None  # hint for synthetic token ids (drawn from 10..min(1000, vocab_size-1))
+    # per-request output lengths, cycled like `prompts` (workload profiles, traces); None: output_len for all
+    output_lens: tuple[int, ...] | None = None
+    # arrival="trace": send offsets in seconds from the start of the measured window, one per measured request
+    arrival_times: tuple[float, ...] | None = None
+    # False: non-streaming requests (offline batch); TTFT = E2E = arrival of the whole response, no ITL/TPOT
+    stream: bool = True
 
     @property
     def open_loop(self) -> bool:
@@ -67,6 +73,9 @@ class LoadSpec:
             raise ValueError(f"vocab_size={self.vocab_size!r} must be an integer >= 12 (the model's vocabulary size)")
         if self.extra_body is not None and not isinstance(self.extra_body, Mapping):
             raise ValueError(f"extra_body must be a mapping of JSON fields, got {type(self.extra_body).__name__}")
+        self._validate_sequences()
+        if not isinstance(self.stream, bool):
+            raise ValueError(f"stream={self.stream!r} must be True (SSE streaming) or False (one JSON response)")
         if self.prompts is not None:
             if not isinstance(self.prompts, tuple) or not self.prompts:
                 raise ValueError("prompts must be a non-empty tuple of strings or tuples of token ids")
@@ -78,6 +87,41 @@ class LoadSpec:
                         raise ValueError(f"prompts[{i}] is a list of token ids; the chat endpoint needs text prompts")
                     continue
                 raise ValueError(f"prompts[{i}]={p!r:.60} must be a string or a non-empty tuple of token ids")
+
+    def output_len_for(self, index: int) -> int:
+        """Tokens request `index` asks for: its entry of `output_lens` (cycled), else `output_len`."""
+        if self.output_lens is None:
+            return self.output_len
+        return self.output_lens[index % len(self.output_lens)]
+
+    def _validate_sequences(self) -> None:
+        if self.output_lens is not None:
+            if not isinstance(self.output_lens, tuple) or not self.output_lens or \
+                    not all(_is_int(n) and n >= 1 for n in self.output_lens):
+                raise ValueError("output_lens must be a non-empty tuple of integers >= 1 (tokens per request)")
+            if len(self.output_lens) > _MAX_LENGTHS:
+                raise ValueError(f"output_lens has {len(self.output_lens)} entries; at most {_MAX_LENGTHS} (they cycle)")
+            if self.prompts is not None and len(self.prompts) != len(self.output_lens):
+                raise ValueError(f"output_lens has {len(self.output_lens)} entries but prompts has "
+                                 f"{len(self.prompts)}: give one output length per prompt")
+        if (self.arrival == "trace") != (self.arrival_times is not None):
+            raise ValueError("arrival='trace' and arrival_times=(seconds, ...) go together: give both or neither")
+        if self.arrival_times is not None:
+            times = self.arrival_times
+            if not isinstance(times, tuple) or not times or \
+                    not all(_is_num(t) and math.isfinite(t) and t >= 0 for t in times):
+                raise ValueError("arrival_times must be a non-empty tuple of finite send offsets in seconds >= 0")
+            if any(b < a for a, b in zip(times, times[1:])):
+                raise ValueError("arrival_times must be sorted (send offsets from the start, non-decreasing)")
+            if self.rate is None:
+                raise ValueError("arrival='trace' is open loop: set rate (the trace's mean rate, informational)")
+            if self.requests != len(times):
+                raise ValueError(f"requests={self.requests!r} but arrival_times has {len(times)} entries: "
+                                 "one measured request per arrival")
+
+
+# per-request lengths cycle with the prompts; BodyPool keeps at most this many distinct bodies
+_MAX_LENGTHS = 4096
 
 
 @dataclass(frozen=True)

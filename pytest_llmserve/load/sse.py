@@ -81,3 +81,12 @@ class SSEFramer:
                     self._data.append(value)
             # comments (`:`), event/id/retry and unknown fields carry nothing we use
         return out
+
+
+class WholeBody:
+    """The framer of a non-streaming response: every body fragment is passed on as it came (decode joins them)."""
+
+    __slots__ = ()
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        return [chunk] if chunk else []

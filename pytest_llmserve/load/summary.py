@@ -88,7 +88,7 @@ def summarize(records: Sequence[RequestRecord], spec: LoadSpec) -> LoadSummary:
     tokens = sum(r.output_tokens for r in ok)
     mismatches = []
     if spec.ignore_eos:
-        mismatches = [r for r in ok if r.output_tokens != spec.output_len]
+        mismatches = [r for r in ok if r.output_tokens != spec.output_len_for(r.index)]
     open_loop = spec.rate is not None
     return LoadSummary(
         ttft_ms=Percentiles.of(r.ttft_ms for r in ok),
