@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import pytest
 
@@ -33,7 +33,7 @@ def _llm_server_session(request: pytest.FixtureRequest, llm_target: Target) -> S
     try:
         return session.pool.get(llm_target)
     except ServerError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        _fail_once(str(exc))
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def llm_server(_llm_server_session: ServerHandle) -> ServerHandle:
     try:
         _llm_server_session.ensure_alive()
     except ServerError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        _fail_once(str(exc))
     return _llm_server_session
 
 
@@ -56,9 +56,9 @@ def llm_servers(request: pytest.FixtureRequest) -> Callable[[str], ServerHandle]
             handle = session.pool.get(session.config.target(name))
             handle.ensure_alive()
         except ConfigError as exc:
-            pytest.fail(f"llm_servers({name!r}): {exc}", pytrace=False)
+            _fail_once(f"llm_servers({name!r}): {exc}")
         except ServerError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            _fail_once(str(exc))
         return handle
 
     return get
@@ -78,7 +78,7 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
             spec = LoadSpec(**spec_args)
             spec.validate()
         except (TypeError, ValueError) as exc:
-            pytest.fail(f"llm_load({', '.join(f'{k}={v!r}' for k, v in spec_args.items())}): {exc}", pytrace=False)
+            _fail_once(f"llm_load({', '.join(f'{k}={v!r}' for k, v in spec_args.items())}): {exc}")
         sampler = MetricsSampler(llm_server.metrics_url).start() if llm_server.metrics_url else None
         shape = f"rate={spec.rate}/s" if spec.rate else f"c={spec.concurrency}"
         # no /metrics polling from this process during the run: it stalls the client (measured)
@@ -98,7 +98,7 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
         try:
             llm_server.ensure_alive()
         except ServerError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            _fail_once(str(exc))
         return LoadOutcome(result=result, target=llm_server.target, nodeid=request.node.nodeid,
                            session=session, marker_limits=limits,
                            optimisations=session.optimisations_of(llm_server),
@@ -107,11 +107,18 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
     return run
 
 
+def _fail_once(message: str) -> NoReturn:
+    """Fail the test with `message` shown once: raised from inside an `except`, pytest.fail would chain
+    the caught error ("During handling of the above exception...") and print its message, a server's
+    log tail included, a second time."""
+    raise pytest.fail.Exception(message, pytrace=False) from None
+
+
 def _fail_with_death(server: ServerHandle) -> None:
     try:
         server.ensure_alive()
     except ServerError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        _fail_once(str(exc))
 
 
 def _run(server: ServerHandle, spec: LoadSpec) -> RunResult:

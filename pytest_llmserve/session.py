@@ -62,7 +62,8 @@ class LlmserveSession:
         except ConfigError as exc:
             raise pytest.UsageError(f"llmserve config error: {exc}") from None
         try:
-            hardware = inventory_from_env_or_option(options.resolve(pconfig, "llmserve_hardware"), config_value=cfg.hardware)
+            label, origin = options.resolve_with_source(pconfig, "llmserve_hardware")
+            hardware = inventory_from_env_or_option(label, config_value=cfg.hardware, option_origin=origin)
         except ValueError as exc:
             raise pytest.UsageError(f"llmserve: {exc}") from None
         base_dir = path.parent if path else rootdir
