@@ -10,9 +10,9 @@ import pytest
 
 from . import benchmark_bridge
 from .config import ConfigError, Target, parse_cpu_list
-from .load import CheckLimits, ClientOptions, LoadSpec, RunResult, run_load
+from .load import CheckLimits, ClientOptions, LoadProgress, LoadSpec, RunResult, run_load
 from .outcome import LoadOutcome
-from .progress import Heartbeat, pytest_emitter
+from .progress import Heartbeat, Snapshot, pytest_emitter
 from .server_metrics import MetricsSampler
 from .servers.base import ServerError, ServerHandle
 from .session import get_session
@@ -81,13 +81,15 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
             _fail_once(f"llm_load({', '.join(f'{k}={v!r}' for k, v in spec_args.items())}): {exc}")
         sampler = MetricsSampler(llm_server.metrics_url).start() if llm_server.metrics_url else None
         shape = f"rate={spec.rate}/s" if spec.rate else f"c={spec.concurrency}"
-        # no /metrics polling from this process during the run: it stalls the client (measured)
-        status = None
+        # no /metrics polling from this process during the run: it stalls the client (measured); the
+        # client's own count of finished requests instead (None with several client processes)
+        counted = LoadProgress()
+        status = lambda: Snapshot(done=counted.done) if counted.live else None  # noqa: E731
         try:
             with Heartbeat(pytest_emitter(request.config), f"{llm_server.target.name} {shape}", status=status,
-                           total=spec.warmup + spec.requests if spec.requests else None, source="server count"):
+                           total=spec.warmup + spec.requests if spec.requests else None):
                 try:
-                    result = _run(llm_server, spec)
+                    result = _run(llm_server, spec, counted)
                 except Exception:  # a client error from a server that died: its exit and log are the cause
                     if not llm_server.alive():
                         _fail_with_death(llm_server)
@@ -121,19 +123,19 @@ def _fail_with_death(server: ServerHandle) -> None:
         _fail_once(str(exc))
 
 
-def _run(server: ServerHandle, spec: LoadSpec) -> RunResult:
+def _run(server: ServerHandle, spec: LoadSpec, progress: LoadProgress | None = None) -> RunResult:
     """Run the load, with the client pinned to the target's `client_cpus` while it runs."""
     if not server.target.client_cpus:
-        return _run_client(server, spec)
+        return _run_client(server, spec, progress)
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, parse_cpu_list(server.target.client_cpus))
     try:
-        return _run_client(server, spec)
+        return _run_client(server, spec, progress)
     finally:
         os.sched_setaffinity(0, before)
 
 
-def _run_client(server: ServerHandle, spec: LoadSpec) -> RunResult:
+def _run_client(server: ServerHandle, spec: LoadSpec, progress: LoadProgress | None = None) -> RunResult:
     """One client for every kind: OpenAI streaming, or Triton's generate_stream / gRPC stream."""
     if server.target.kind == "triton":
         from .load.triton_client import run_triton_load
@@ -141,7 +143,7 @@ def _run_client(server: ServerHandle, spec: LoadSpec) -> RunResult:
 
         endpoints = triton_endpoints(server.base_url)
         return run_triton_load(endpoints, spec, protocol=load_protocol(server.target)).to_run_result()
-    return run_load(server.base_url, server.model, spec, options=client_options(server.target, spec))
+    return run_load(server.base_url, server.model, spec, options=client_options(server.target, spec), progress=progress)
 
 
 # One client core kept 512 streams at 10 ms ITL (51k chunks/s) valid and exact (benchmarks/fidelity);
