@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -21,7 +22,7 @@ def describe_target(target: Target) -> str:
 
 def header_lines(pconfig: pytest.Config, state: LlmserveSession) -> list[str]:
     """Hardware, targets and the llmserve flags (from CLI, env or ini alike) that repeat this run."""
-    source = state.config.source or "no llmserve config file found"
+    source = str(Path(state.config.source).resolve()) if state.config.source else "no llmserve config file found"
     targets = ", ".join(describe_target(t) for t in state.selected) or "none selected"
     flags = options.reproduce_flags(pconfig)
     return [

@@ -50,7 +50,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
 )
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-_EXAMPLE = {"int": "8", "float": "0.5", "bool": "1 or 0", "list": "a,b", "string": "text"}
+_EXAMPLE = {"int": "8", "float": "0.5", "string": "text", "list": "a,b", "bool": "1"}
 
 
 def _to_bool(text: str) -> bool:
@@ -59,7 +59,7 @@ def _to_bool(text: str) -> bool:
         return True
     if word in _FALSE:
         return False
-    raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE)}")
+    raise ValueError(word)
 
 
 def _to_list(text: str) -> list[str]:
@@ -76,17 +76,24 @@ _CONVERT: dict[str, Callable[[str], Any]] = {
 
 
 def convert(spec: OptionSpec, raw: Any) -> Any:
-    """`raw` (text from any route, or an already typed value) as the option's type; ValueError says why."""
+    """`raw` (text from any route, or an already typed value) as the option's type; ValueError if it is not one."""
     value = _CONVERT[spec.kind](raw) if isinstance(raw, str) else raw
     if spec.minimum is not None and value < spec.minimum:
-        raise ValueError(f"must be >= {spec.minimum:g}")
+        raise ValueError(value)
     return value
 
 
-def _problem(spec: OptionSpec, where: str, raw: Any, why: str) -> str:
-    """One line naming the route and value, what was wrong and what a good value looks like."""
-    kind = {"int": "an integer", "float": "a number", "bool": "a boolean", "list": "a list", "string": "text"}[spec.kind]
-    return f"{where}={raw!r}: not valid for {spec.flag} ({why}; expected {kind}, e.g. {_EXAMPLE[spec.kind]})"
+def describe(spec: OptionSpec) -> str:
+    """What the option takes: 'an integer >= 1', 'a boolean (1/0, ...)'."""
+    noun = {"int": "an integer", "float": "a number", "string": "text", "list": "a list",
+            "bool": "a boolean (" + ", ".join(f"{t}/{f}" for t, f in zip(_TRUE, _FALSE)) + ")"}[spec.kind]
+    return noun + (f" >= {spec.minimum:g}" if spec.minimum is not None else "")
+
+
+def _problem(spec: OptionSpec, where: str, raw: Any) -> str:
+    """One line naming the route, the value, what the option takes and an example."""
+    example = "" if spec.kind == "bool" else f" (e.g. {_EXAMPLE[spec.kind]})"
+    return f"{where}={raw!r} is not {describe(spec)}{example}; it sets {spec.flag}"
 
 
 def _cli_type(spec: OptionSpec) -> Callable[[str], Any]:
@@ -95,21 +102,21 @@ def _cli_type(spec: OptionSpec) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
             return convert(spec, text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(_problem(spec, spec.flag, text, str(exc))) from None
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {describe(spec)} (e.g. {spec.flag}="
+                                             f"{_EXAMPLE[spec.kind]})") from None
 
     parse.__name__ = spec.kind
     return parse
 
 
 def _type_note(spec: OptionSpec) -> str:
-    """' (integer >= 1)' and the like for typed options; nothing for plain text."""
+    """' (an integer >= 1)' and the like for typed options; nothing for text and lists."""
     if spec.kind in ("string", "list"):
         return ""
     if spec.kind == "bool":
-        return " (flag; env/ini: 1/0, true/false, yes/no, on/off)"
-    noun = "integer" if spec.kind == "int" else "number"
-    return f" ({noun}{f' >= {spec.minimum:g}' if spec.minimum is not None else ''})"
+        return f" (a flag; env/ini: {describe(spec)})"
+    return f" ({describe(spec)})"
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -153,8 +160,8 @@ def resolve_with_source(config: pytest.Config, dest: str) -> tuple[Any, str]:
 def _checked(spec: OptionSpec, where: str, raw: str) -> Any:
     try:
         return convert(spec, raw)
-    except ValueError as exc:
-        raise pytest.UsageError(_problem(spec, where, raw, str(exc))) from None
+    except ValueError:
+        raise pytest.UsageError(_problem(spec, where, raw)) from None
 
 
 def resolve(config: pytest.Config, dest: str) -> Any:
