@@ -263,7 +263,7 @@ def test_a_server_that_dies_fails_each_test_with_its_log_tail_shown_once(pyteste
     pytester.makefile(".toml", llmserve=_managed("dies", launcher, "--mode", "exit") + _managed("killed", launcher))
     pytester.makepyfile(test_death=DEATH_TESTS)
     result = pytester.runpytest("-p", "no:cacheprovider", "--llmserve-hardware", "rig", "-rN")  # no short summary
-    result.assert_outcomes(passed=1, failed=1, errors=2)
+    result.assert_outcomes(passed=1, errors=3)  # every failure is in llm_server's set-up
     out = result.stdout.str()
     assert "During handling of the above exception" not in out
     # start-up failure: each of the two tests shows the log tail, once
