@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from pytest_llmserve.options import OPTIONS
+from pytest_llmserve.options import OPTIONS, OptionSpec, convert
 from pytest_llmserve.testing import Script, TruthServer
 
 ROUTES = ("cli", "env", "ini")  # precedence order
@@ -235,6 +237,29 @@ def test_a_bad_value_on_any_route_stops_the_session_naming_route_value_and_type(
     result = pytester.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([expected])
+
+
+INT = OptionSpec("--x", "x", "", kind="int", minimum=1)
+LIST = OptionSpec("--x", "x", "", kind="list")
+BOOL = OptionSpec("--x", "x", "", kind="bool")
+NAME = st.text(st.characters(whitelist_categories=("L", "N"), whitelist_characters="-_."), min_size=1, max_size=12)
+
+
+@given(st.integers(min_value=1, max_value=10**12), st.sampled_from(["", " ", "\t"]))
+def test_an_integer_option_reads_any_integer_text_at_or_above_its_minimum(n, pad):
+    assert convert(INT, f"{pad}{n}{pad}") == n
+    with pytest.raises(ValueError):
+        convert(INT, str(1 - n))  # below the minimum
+
+
+@given(st.lists(NAME, min_size=1, max_size=5), st.sampled_from([",", ", ", "\n", " ,\n "]))
+def test_a_list_option_reads_names_separated_by_commas_or_lines(names, sep):
+    assert convert(LIST, sep.join(names)) == names
+
+
+@given(st.sampled_from(["1", "true", "yes", "on", "0", "false", "no", "off"]), st.booleans())
+def test_a_boolean_option_reads_each_spelling_in_any_case(word, upper):
+    assert convert(BOOL, word.upper() if upper else word) is (word in ("1", "true", "yes", "on"))
 
 
 # ------------------------------------------------------------------ failures: one log tail each
