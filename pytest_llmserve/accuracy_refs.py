@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from filelock import FileLock
-
 from .atomic import atomic_write_json
 from .baselines import SCHEMA, UPDATE_HINT, round_significant
 from .checks.accuracy_gate import trtllm_threshold
+from .locks import lock_for
 from .precision import PrecisionInfo
 
 RefVerdict = Literal["ok", "regression", "missing", "stale", "recorded"]
@@ -106,7 +105,7 @@ class AccuracyReferences:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new: dict[str, Any] = {k: round_significant(float(v)) for k, v in metrics.items()}
         new.update(n=n, task_sha256=task_sha256)  # n exact: it identifies the task version too
-        with FileLock(str(self.path) + ".lock", timeout=120):
+        with lock_for(self.path, timeout=120):
             entries = self.entries()
             entries[key] = dict(sorted(new.items()))
             atomic_write_json(self.path, {"schema": SCHEMA, "hardware": self.hardware, "model": self.model,

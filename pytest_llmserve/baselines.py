@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from filelock import FileLock
-
 from .atomic import atomic_write_json
 from .config import Tolerance
+from .locks import lock_for
 
 SCHEMA = 1
 SIGNIFICANT_DIGITS = 4
@@ -132,7 +131,7 @@ class BaselineStore:
         path = self.path_for(target)
         path.parent.mkdir(parents=True, exist_ok=True)
         new = {k: round_significant(float(v)) for k, v in sorted(metrics.items()) if math.isfinite(float(v))}
-        with FileLock(str(path) + ".lock", timeout=120):
+        with lock_for(path, timeout=120):
             entries = self._read(path)
             old = entries.get(test_id)
             entries[test_id] = new

@@ -184,6 +184,9 @@ def load_config(path: Path | None) -> LlmserveConfig:
     if path.name == "pyproject.toml":
         section, prefix = data.get("tool", {}).get("llmserve", {}), "tool.llmserve"
     else:
+        if isinstance(data.get("tool"), Mapping) and "llmserve" in data["tool"]:
+            raise ConfigError(f"{path}: [tool.llmserve] table: in llmserve.toml write the keys at top level "
+                              "([[targets]], baselines_dir, ...); the [tool.llmserve] table is for pyproject.toml")
         section, prefix = data, ""
     return parse_config(section, source=str(path), prefix=prefix)
 

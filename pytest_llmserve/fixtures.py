@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import pytest
 
 from . import benchmark_bridge
 from .config import ConfigError, Target, parse_cpu_list
-from .load import CheckLimits, ClientOptions, LoadSpec, RunResult, run_load
+from .load import CheckLimits, ClientOptions, LoadProgress, LoadSpec, RunResult, run_load
 from .load.trace import TraceReplay
 from .load.workloads import Workload, workload
 from .outcome import LoadOutcome
-from .progress import Heartbeat, pytest_emitter
+from .progress import Heartbeat, Snapshot, pytest_emitter
 from .server_info import max_model_len, reset_prefix_cache
 from .server_metrics import MetricsSampler
 from .servers.base import ServerError, ServerHandle
@@ -36,7 +36,7 @@ def _llm_server_session(request: pytest.FixtureRequest, llm_target: Target) -> S
     try:
         return session.pool.get(llm_target)
     except ServerError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        _fail_once(str(exc))
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def llm_server(_llm_server_session: ServerHandle) -> ServerHandle:
     try:
         _llm_server_session.ensure_alive()
     except ServerError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        _fail_once(str(exc))
     return _llm_server_session
 
 
@@ -59,9 +59,9 @@ def llm_servers(request: pytest.FixtureRequest) -> Callable[[str], ServerHandle]
             handle = session.pool.get(session.config.target(name))
             handle.ensure_alive()
         except ConfigError as exc:
-            pytest.fail(f"llm_servers({name!r}): {exc}", pytrace=False)
+            _fail_once(f"llm_servers({name!r}): {exc}")
         except ServerError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            _fail_once(str(exc))
         return handle
 
     return get
@@ -94,17 +94,19 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
                 spec = LoadSpec(**spec_args)
             spec.validate()
         except (TypeError, ValueError) as exc:
-            pytest.fail(f"llm_load({shown}): {exc}", pytrace=False)
+            _fail_once(f"llm_load({shown}): {exc}")
         reset = reset_prefix_cache(llm_server.base_url)
         sampler = MetricsSampler(llm_server.metrics_url).start() if llm_server.metrics_url else None
         shape = f"rate={spec.rate}/s" if spec.rate else f"c={spec.concurrency}"
-        # no /metrics polling from this process during the run: it stalls the client (measured)
-        status = None
+        # no /metrics polling from this process during the run: it stalls the client (measured); the
+        # client's own count of finished requests instead (None with several client processes)
+        counted = LoadProgress()
+        status = lambda: Snapshot(done=counted.done) if counted.live else None  # noqa: E731
         try:
             with Heartbeat(pytest_emitter(request.config), f"{llm_server.target.name} {shape}", status=status,
-                           total=spec.warmup + spec.requests if spec.requests else None, source="server count"):
+                           total=spec.warmup + spec.requests if spec.requests else None):
                 try:
-                    result = _run(llm_server, spec)
+                    result = _run(llm_server, spec, counted)
                 except Exception:  # a client error from a server that died: its exit and log are the cause
                     if not llm_server.alive():
                         _fail_with_death(llm_server)
@@ -115,7 +117,7 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
         try:
             llm_server.ensure_alive()
         except ServerError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            _fail_once(str(exc))
         hit_rate = server_metrics.prefix_cache_hit_rate if server_metrics is not None else None
         if reset.done or hit_rate is None or hit_rate > 0:  # a cache that was never hit inflated nothing
             context.append(reset.line)
@@ -151,26 +153,33 @@ def resolve_trace(server: ServerHandle, path: str, spec_args: dict[str, Any]) ->
                       **{known[k]: v for k, v in spec_args.items() if k in known})
 
 
+def _fail_once(message: str) -> NoReturn:
+    """Fail the test with `message` shown once: raised from inside an `except`, pytest.fail would chain
+    the caught error ("During handling of the above exception...") and print its message, a server's
+    log tail included, a second time."""
+    raise pytest.fail.Exception(message, pytrace=False) from None
+
+
 def _fail_with_death(server: ServerHandle) -> None:
     try:
         server.ensure_alive()
     except ServerError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        _fail_once(str(exc))
 
 
-def _run(server: ServerHandle, spec: LoadSpec) -> RunResult:
+def _run(server: ServerHandle, spec: LoadSpec, progress: LoadProgress | None = None) -> RunResult:
     """Run the load, with the client pinned to the target's `client_cpus` while it runs."""
     if not server.target.client_cpus:
-        return _run_client(server, spec)
+        return _run_client(server, spec, progress)
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, parse_cpu_list(server.target.client_cpus))
     try:
-        return _run_client(server, spec)
+        return _run_client(server, spec, progress)
     finally:
         os.sched_setaffinity(0, before)
 
 
-def _run_client(server: ServerHandle, spec: LoadSpec) -> RunResult:
+def _run_client(server: ServerHandle, spec: LoadSpec, progress: LoadProgress | None = None) -> RunResult:
     """One client for every kind: OpenAI streaming, or Triton's generate_stream / gRPC stream."""
     if server.target.kind == "triton":
         from .load.triton_client import run_triton_load
@@ -178,7 +187,7 @@ def _run_client(server: ServerHandle, spec: LoadSpec) -> RunResult:
 
         endpoints = triton_endpoints(server.base_url)
         return run_triton_load(endpoints, spec, protocol=load_protocol(server.target)).to_run_result()
-    return run_load(server.base_url, server.model, spec, options=client_options(server.target, spec))
+    return run_load(server.base_url, server.model, spec, options=client_options(server.target, spec), progress=progress)
 
 
 SERVER_CORES = 2  # kept for an unpinned server: vLLM's API server and engine core each keep one busy

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from . import benchmark_bridge, markers, options, report, xdist_support
+from . import benchmark_bridge, markers, options, progress, report, xdist_support
 from .checks.slo import validate_limits
 from .fixtures import _llm_server_session, llm_load, llm_server, llm_servers, llm_target  # noqa: F401  (fixtures)
+from .header import header_lines
 from .session import SESSION_KEY, LlmserveSession, get_session
 
 MARKERS = (
@@ -29,19 +30,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    progress = (lambda msg: reporter.write_line(msg)) if reporter else (lambda msg: None)
-    state = config.stash[SESSION_KEY] = LlmserveSession.from_pytest(config, progress)
+    # the terminal reporter registers after this hook: the emitter looks it up at each line
+    state = config.stash[SESSION_KEY] = LlmserveSession.from_pytest(config, progress.pytest_emitter(config))
     benchmark_bridge.configure(config, state.hardware)
     xdist_support.configure(config, state)  # a worker's GPU slice is set here, before any server starts
 
 
-def _say(config: pytest.Config, message: str) -> None:
-    """A progress line through the terminal reporter (looked up late: it registers after us)."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.ensure_newline()
-        reporter.write_line(message)
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    state = config.stash.get(SESSION_KEY, None)
+    return header_lines(config, state) if state is not None else []
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -1,14 +1,16 @@
 """Progress lines during long runs, written so that pytest (captured output, -q, xdist) still shows them.
 
     emit = pytest_emitter(config)                  # or print_emitter() outside pytest
-    with Heartbeat(emit, "tiny-vllm c=16", total=256, interval_s=10, status=counter):
-        run_load(...)
-    # -> "llmserve: tiny-vllm c=16 120/256 requests, 3 errors, 12.3 s"
+    counted = LoadProgress()
+    with Heartbeat(emit, "tiny-vllm c=16", total=256, interval_s=10,
+                   status=lambda: Snapshot(done=counted.done)):
+        run_load(..., progress=counted)
+    # -> "llmserve: tiny-vllm c=16 120/256 requests, 12.3 s, ~14 s left"
 
-Why a thread: `run_load` offers no progress callback, so a heartbeat thread reports elapsed time and,
-when a `status` callable is given (e.g. `ServerRequestCounter`, which reads the server's own
-finished-request counter), how many requests are done. When the load client gains a callback, pass
-it `Heartbeat.update` and drop the counter.
+Why a thread: the load client takes no callbacks on its hot path; it only counts finished requests
+(`LoadProgress`, in-process clients), and a heartbeat thread reads that count, or a `status` callable
+such as `ServerRequestCounter` (the server's own finished-request counter), every interval. With a
+total and a count, the line estimates the time left at the pace so far.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ class Snapshot:
 
 def format_progress(label: str, elapsed_s: float, total: int | None = None, snap: Snapshot = Snapshot(),
                     source: str = "") -> str:
-    """One line: 'llmserve: LABEL 120/256 requests, 3 errors, 12.3 s'."""
+    """One line: 'llmserve: LABEL 120/256 requests, 3 errors, 12.3 s, ~14 s left'.
+
+    The estimate assumes the rest goes at the pace so far; it is shown once a request is done."""
     parts = [f"llmserve: {label}"]
     if snap.done is not None:
         parts.append(f"{snap.done}/{total} requests" if total else f"{snap.done} requests")
@@ -51,7 +55,20 @@ def format_progress(label: str, elapsed_s: float, total: int | None = None, snap
     line = " ".join(parts)
     if snap.errors is not None:
         line += f", {snap.errors} error{'s' if snap.errors != 1 else ''}"
-    return f"{line}, {elapsed_s:.1f} s"
+    line += f", {elapsed_s:.1f} s"
+    if total and snap.done and snap.done < total and elapsed_s > 0:
+        line += f", ~{_duration((total - snap.done) * elapsed_s / snap.done)} left"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    """'8 s', '2 min 5 s', '1 h 3 min': rounded for a human."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
 
 
 def print_emitter(stream: Any = None) -> Emit:

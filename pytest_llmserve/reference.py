@@ -22,10 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from filelock import FileLock
-
 from .atomic import atomic_write_text
 from .checks.equivalence import Continuation
+from .locks import lock_for
 
 SCHEMA = 1
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -331,7 +330,7 @@ def cached_reference(model_dir: str | Path, prompts: Sequence[Prompt], *, max_to
     key = reference_key(model_dir, prompts, max_tokens, top_k, device)
     path = Path(cache_dir) / f"{Path(str(model_dir)).name or 'model'}-{key.digest()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    with lock_for(path):
         if not refresh:
             stored = _read(path, key, len(prompts))
             if stored is not None:

@@ -62,14 +62,16 @@ class LlmserveSession:
         except ConfigError as exc:
             raise pytest.UsageError(f"llmserve config error: {exc}") from None
         try:
-            hardware = inventory_from_env_or_option(options.resolve(pconfig, "llmserve_hardware"), config_value=cfg.hardware)
+            label, origin = options.resolve_with_source(pconfig, "llmserve_hardware")
+            hardware = inventory_from_env_or_option(label, config_value=cfg.hardware, option_origin=origin)
         except ValueError as exc:
             raise pytest.UsageError(f"llmserve: {exc}") from None
         base_dir = path.parent if path else rootdir
         baselines = options.resolve(pconfig, "llmserve_baselines_dir") or cfg.baselines_dir or "baselines"
         log_dir = options.resolve(pconfig, "llmserve_log_dir")
         # created on first server start, so runs that start no server leave nothing behind
-        log_path = Path(log_dir) if log_dir else Path(tempfile.gettempdir()) / f"llmserve-logs-{os.getpid()}"
+        # absolute now: a test may change the working directory before a server starts or reports are written
+        log_path = Path(log_dir).resolve() if log_dir else Path(tempfile.gettempdir()) / f"llmserve-logs-{os.getpid()}"
         json_path, md_path = (options.resolve(pconfig, k) for k in ("llmserve_report_json", "llmserve_report_md"))
         return cls(
             config=cfg,
@@ -82,8 +84,8 @@ class LlmserveSession:
             ),
             pool=ServerPool(log_dir=log_path, progress=progress),
             requests_override=options.resolve(pconfig, "llmserve_requests"),
-            report_json=Path(json_path) if json_path else None,
-            report_md=Path(md_path) if md_path else None,
+            report_json=Path(json_path).resolve() if json_path else None,
+            report_md=Path(md_path).resolve() if md_path else None,
         )
 
     def shutdown(self) -> None:

@@ -73,6 +73,14 @@ def test_pyproject_section_is_found_and_keys_are_prefixed(tmp_path):
         load_config(path)
 
 
+def test_tool_llmserve_table_in_llmserve_toml_says_to_write_keys_at_top_level(tmp_path):
+    path = _write(tmp_path, '[[tool.llmserve.targets]]\nname = "a"\nkind = "openai"\nurl = "http://127.0.0.1:9"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: [tool.llmserve]")
+    assert "in llmserve.toml write the keys at top level" in str(info.value)
+
+
 def test_pyproject_without_section_is_no_config(tmp_path):
     _write(tmp_path, '[project]\nname = "x"\n', "pyproject.toml")
     assert find_config_file(tmp_path) is None

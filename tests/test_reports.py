@@ -127,12 +127,16 @@ def test_server_metrics_become_slo_context_with_warnings():
 
 
 # ------------------------------------------------------------------ progress lines
-def test_progress_line_says_target_level_counts_errors_and_time():
+def test_progress_line_says_target_level_counts_errors_time_and_time_left():
     assert (format_progress("tiny-vllm c=16", 12.34, 256, Snapshot(120, 3))
-            == "llmserve: tiny-vllm c=16 120/256 requests, 3 errors, 12.3 s")
+            == "llmserve: tiny-vllm c=16 120/256 requests, 3 errors, 12.3 s, ~14 s left")
     assert format_progress("x c=1", 2.0, 64) == "llmserve: x c=1 running 64 requests, 2.0 s"
     assert (format_progress("x", 1.0, 10, Snapshot(4), source="server count")
-            == "llmserve: x 4/10 requests (server count), 1.0 s")
+            == "llmserve: x 4/10 requests (server count), 1.0 s, ~2 s left")
+    assert format_progress("x", 30.0, 1000, Snapshot(100)).endswith(", 30.0 s, ~4 min 30 s left")
+    assert format_progress("x", 5.0, 10, Snapshot(0)) == "llmserve: x 0/10 requests, 5.0 s"  # no pace yet
+    assert format_progress("x", 5.0, None, Snapshot(7)) == "llmserve: x 7 requests, 5.0 s"  # no total
+    assert format_progress("x", 9.0, 10, Snapshot(10)) == "llmserve: x 10/10 requests, 9.0 s"
 
 
 def test_heartbeat_emits_while_the_body_runs_and_stops_after():
@@ -167,7 +171,11 @@ def test_progress_lines_reach_the_terminal_through_capture_during_llm_load(pytes
         """)
     result = pytester.runpytest("--llmserve-hardware", "fake:cpu-2c", "-p", "no:cacheprovider")  # capture on
     result.assert_outcomes(passed=1)
-    assert any(line.startswith("llmserve: truth c=1 running 12 requests, ") for line in result.outlines)
+    lines = [line for line in result.outlines if line.startswith("llmserve: truth c=1 ")]
+    assert lines, result.stdout.str()
+    done = [int(line.split()[3].split("/")[0]) for line in lines]  # the client's own count of finished requests
+    assert all(line.split()[3].endswith("/12") for line in lines) and done == sorted(done) and max(done) <= 12
+    assert any(0 < n < 12 and line.endswith(" left") for n, line in zip(done, lines))
 
 
 def test_cpu_vllm_run_puts_server_metrics_in_the_report(pytester, tiny_vllm):

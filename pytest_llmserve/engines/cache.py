@@ -2,11 +2,11 @@
 
 Layout under the cache root:
     <fingerprint>/               a finished engine (rank*.engine, config.json, llmserve-engine.json, build.log)
-    <fingerprint>.lock           filelock held while one process checks/builds that fingerprint
     .tmp-<fingerprint>-<id>/     a build in progress (out/, work/, build.log); renamed to <fingerprint>/
                                  only after the build succeeded and config.json says what was asked
     failed-<fingerprint>.log     the log of the last failed build (no engine is kept)
-A finished engine is recognised by its `llmserve-engine.json` marker, which is written last.
+A finished engine is recognised by its `llmserve-engine.json` marker, which is written last. One process
+checks/builds a fingerprint at a time, under a lock kept outside the cache root (locks.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
+from ..locks import lock_for
 from .build import ArgvTemplate, check_quantization_supported, default_templates, expand, run_plan, template_values
 from .config import EngineConfig, EngineError, checkpoint_quantization, read_engine_config
 from .fingerprint import Toolchain, checkpoint_digest, fingerprint, fingerprint_inputs
@@ -67,7 +68,7 @@ class EngineCache:
         inputs = fingerprint_inputs(spec, digest, toolchain)
         fp = fingerprint(inputs)
         final = self.root / fp
-        lock = FileLock(str(self.root / f"{fp}.lock"))
+        lock = lock_for(self.root / fp)
         try:
             with lock.acquire(timeout=self.lock_timeout_s):
                 if (final / MARKER).is_file():
@@ -76,8 +77,8 @@ class EngineCache:
                 return self._build(spec, inputs, fp, final)
         except Timeout:
             raise EngineError(
-                f"waited {self.lock_timeout_s:.0f} s for another process building engine {fp} in {self.root}; "
-                f"if no build is running, delete {lock.lock_file}"
+                f"waited {self.lock_timeout_s:.0f} s for another process building engine {fp} in {self.root} "
+                f"(it holds {lock.lock_file}; the lock ends with that process); let it finish or stop it"
             ) from None
 
     def _reuse(self, spec: EngineSpec, final: Path, fp: str) -> EngineHandle:

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from filelock import FileLock
-
 from ..atomic import atomic_write_text
+from ..locks import lock_for
 from .config import EngineError
 from .spec import EngineSpec
 
@@ -122,7 +121,7 @@ class _Memo:
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "checkpoint-hashes.json"
-        self.lock = FileLock(str(self.path) + ".lock")
+        self.lock = lock_for(self.path)
         self.entries = self._read()
         self.new: dict[str, str] = {}
 

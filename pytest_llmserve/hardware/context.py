@@ -43,11 +43,12 @@ def inventory_from_env_or_option(
     config_value: str | None = None,
     environ: Mapping[str, str] | None = None,
     detect: Callable[[], Inventory] = detect_inventory,
+    option_origin: str = "option",
 ) -> HardwareContext:
     """Resolve the hardware setting (option > LLMSERVE_HARDWARE > config > auto) into a HardwareContext."""
     environ = os.environ if environ is None else environ
     value, origin = None, "default"
-    candidates = ((option_value, "option"), (environ.get(ENV_VAR), f"env {ENV_VAR}"), (config_value, "config"))
+    candidates = ((option_value, option_origin), (environ.get(ENV_VAR), f"env {ENV_VAR}"), (config_value, "config"))
     for candidate, where in candidates:
         if candidate is not None and candidate.strip():
             value, origin = candidate.strip(), where

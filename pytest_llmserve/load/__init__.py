@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from .check import ClientCheck
+from .client import LoadProgress
 from .prompts import load_prompts
 from .records import RequestRecord
 from .result import RunResult
@@ -20,6 +21,7 @@ __all__ = [
     "CheckLimits",
     "ClientCheck",
     "ClientOptions",
+    "LoadProgress",
     "LoadSpec",
     "LoadSummary",
     "Percentiles",

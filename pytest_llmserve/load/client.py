@@ -24,7 +24,17 @@ from .records import RawRequest
 from .schedule import arrival_offsets
 from .spec import ClientOptions, LoadSpec
 
-__all__ = ["SO_TIMESTAMPNS", "Endpoint", "Shard", "ShardRunner"]
+__all__ = ["SO_TIMESTAMPNS", "Endpoint", "LoadProgress", "Shard", "ShardRunner"]
+
+
+@dataclass
+class LoadProgress:
+    """Requests this process's client has finished so far (warm-up included), for a progress thread to read.
+
+    `live` turns True when a client in this process starts counting (not with several client processes)."""
+
+    done: int = 0
+    live: bool = False
 
 
 @dataclass
@@ -47,8 +57,10 @@ class ShardRunner(Transport):
     """Runs one shard of a load spec on the running event loop; `await run()` returns a Shard."""
 
     def __init__(self, base_url: str, model: str, spec: LoadSpec, options: ClientOptions,
-                 shard: int = 0, shards: int = 1) -> None:
+                 shard: int = 0, shards: int = 1, progress: LoadProgress | None = None) -> None:
         spec.validate()
+        self.progress = progress if progress is not None else LoadProgress()
+        self.progress.live = True
         self.ep = Endpoint.parse(base_url)
         self.spec, self.opt, self.model = spec, options, model
         self.shard, self.shards = shard, shards
@@ -232,6 +244,7 @@ class ShardRunner(Transport):
 
     def _finished(self, raw: RawRequest) -> None:
         self._outstanding -= 1
+        self.progress.done += 1
 
     async def _reopen(self) -> None:
         try:

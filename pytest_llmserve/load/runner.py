@@ -12,23 +12,27 @@ import sys
 import time
 from typing import Any
 
-from .client import ShardRunner
+from .client import LoadProgress, ShardRunner
 from .result import RunResult, build_result
 from .spec import ClientOptions, LoadSpec
 
 
 async def run_load_async(base_url: str, model: str, spec: LoadSpec, *,
-                         options: ClientOptions | None = None) -> RunResult:
+                         options: ClientOptions | None = None, progress: LoadProgress | None = None) -> RunResult:
     """Run `spec` against `base_url` on the running event loop (one process; `options.workers` ignored)."""
     options = options or ClientOptions()
     spec.validate()
     _raise_fd_limit(_connections_needed(spec))
-    shard = await ShardRunner(base_url, model, spec, options).run()
+    shard = await ShardRunner(base_url, model, spec, options, progress=progress).run()
     return build_result(spec, [shard], options)
 
 
-def run_load(base_url: str, model: str, spec: LoadSpec, *, options: ClientOptions | None = None) -> RunResult:
-    """Run `spec` to completion and return its RunResult; safe to call where no event loop runs or one does."""
+def run_load(base_url: str, model: str, spec: LoadSpec, *, options: ClientOptions | None = None,
+             progress: LoadProgress | None = None) -> RunResult:
+    """Run `spec` to completion and return its RunResult; safe to call where no event loop runs or one does.
+
+    `progress` counts finished requests while it runs (in-process clients only; with several client
+    processes it stays not `live`)."""
     options = options or ClientOptions()
     spec.validate()
     workers = _effective_workers(spec, options.workers)
@@ -37,10 +41,10 @@ def run_load(base_url: str, model: str, spec: LoadSpec, *, options: ClientOption
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return _run_here(base_url, model, spec, options)
+        return _run_here(base_url, model, spec, options, progress)
     # called from inside a running loop (e.g. an async test): run on a fresh loop in a worker thread
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llmserve-load") as ex:
-        return ex.submit(_run_here, base_url, model, spec, options).result()
+        return ex.submit(_run_here, base_url, model, spec, options, progress).result()
 
 
 def new_event_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
@@ -55,10 +59,11 @@ def new_event_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def _run_here(base_url: str, model: str, spec: LoadSpec, options: ClientOptions) -> RunResult:
+def _run_here(base_url: str, model: str, spec: LoadSpec, options: ClientOptions,
+              progress: LoadProgress | None = None) -> RunResult:
     loop = new_event_loop(options.uvloop)
     try:
-        return loop.run_until_complete(run_load_async(base_url, model, spec, options=options))
+        return loop.run_until_complete(run_load_async(base_url, model, spec, options=options, progress=progress))
     finally:
         loop.close()
 
