@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from .gate_config import GateSettings
+
 KINDS = ("vllm", "openai", "trtllm-serve", "triton")
 SLO_KEYS = (
     "ttft_p50_ms",
@@ -45,9 +47,10 @@ TARGET_KEYS = {
     "client": dict,
     "cpus": str,
     "client_cpus": str,
+    "baseline_gate": dict,
 }
 CLIENT_KEYS = ("max_send_lag_p99_ms", "max_merged_token_frac", "merged_lag_tolerance_ms", "max_loop_lag_p99_ms", "workers")
-TOP_KEYS = {"baselines_dir": str, "hardware": str, "targets": list, "tolerance": dict}
+TOP_KEYS = {"baselines_dir": str, "hardware": str, "targets": list, "tolerance": dict, "baseline_gate": dict}
 DEFAULT_STARTUP_TIMEOUT_S = 600.0
 EXTERNAL_STARTUP_TIMEOUT_S = 30.0  # an already-running server that is not up in 30 s is down
 
@@ -106,6 +109,7 @@ class Target:
     cpus: str | None = None  # run the server under `taskset -c CPUS`
     client_cpus: str | None = None  # pin the load client (the pytest process) to these CPUs while it runs
     source: str = "<memory>"
+    baseline_gate: Mapping[str, Any] = field(default_factory=dict)  # validated; overlays the project's
 
     @property
     def model_name(self) -> str:
@@ -129,6 +133,11 @@ class LlmserveConfig:
     hardware: str | None = None
     tolerance: Mapping[str, Tolerance] = field(default_factory=dict)
     source: str | None = None
+    baseline_gate: GateSettings = field(default_factory=GateSettings)
+
+    def gate(self, target: Target) -> GateSettings:
+        """The baseline-gate settings of one target: project-wide, overlaid with the target's table."""
+        return self.baseline_gate.merged(target.baseline_gate, "baseline_gate", _Errors(target.source).fail)
 
     def target(self, name: str) -> Target:
         """The target called `name`, or a ConfigError listing the known names."""
@@ -181,6 +190,7 @@ def parse_config(section: Mapping[str, Any], *, source: str, prefix: str = "") -
     _check_keys(err, section, TOP_KEYS, prefix)
     base_dir = Path(source).parent if source and not source.startswith("<") else Path.cwd()
     tolerance = _parse_tolerances(err, section.get("tolerance", {}), _join(prefix, "tolerance"))
+    gate = GateSettings().merged(section.get("baseline_gate", {}), _join(prefix, "baseline_gate"), err.fail)
     targets: list[Target] = []
     seen: set[str] = set()
     for i, raw in enumerate(section.get("targets", [])):
@@ -198,6 +208,7 @@ def parse_config(section: Mapping[str, Any], *, source: str, prefix: str = "") -
         hardware=section.get("hardware"),
         tolerance=tolerance,
         source=source,
+        baseline_gate=gate,
     )
 
 
@@ -279,7 +290,13 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
         cpus=raw.get("cpus"),
         client_cpus=raw.get("client_cpus"),
         source=source,
+        baseline_gate=_checked_gate(err, raw.get("baseline_gate", {}), f"{where}.baseline_gate"),
     )
+
+
+def _checked_gate(err: _Errors, raw: Any, where: str) -> dict[str, Any]:
+    GateSettings().merged(raw, where, err.fail)  # validates; merged over the project's settings later
+    return dict(raw)
 
 
 def _resolve_model(err: _Errors, model: Any, base_dir: Path, where: str) -> str:

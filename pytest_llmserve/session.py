@@ -47,6 +47,8 @@ class LlmserveSession:
     collected_ids: set[str] = field(default_factory=set)
     leftovers: dict[str, list[int]] = field(default_factory=dict)
     optimisations: dict[str, Any] = field(default_factory=dict)
+    repeats_option: int | None = None  # --llmserve-repeats / LLMSERVE_REPEATS / llmserve_repeats
+    retries_option: int | None = None  # --llmserve-retries / LLMSERVE_RETRIES / llmserve_retries
     xdist_worker: str | None = None  # "gw0"... on an xdist worker, whose controller merges and reports
 
     @classmethod
@@ -84,6 +86,8 @@ class LlmserveSession:
             requests_override=options.resolve(pconfig, "llmserve_requests"),
             report_json=Path(json_path) if json_path else None,
             report_md=Path(md_path) if md_path else None,
+            repeats_option=_count(pconfig, "llmserve_repeats", 1),
+            retries_option=_count(pconfig, "llmserve_retries", 0),
         )
 
     def shutdown(self) -> None:
@@ -107,6 +111,39 @@ class LlmserveSession:
     def target_tolerances(self, target: Target) -> dict:
         """Project-wide tolerances overlaid with the target's own."""
         return {**self.config.tolerance, **target.tolerance}
+
+
+    def gate_settings(self, target: Target) -> Any:
+        """The baseline gate's settings for a target (project-wide, overlaid with the target's table)."""
+        return self.config.gate(target)
+
+    def repeats(self, gate: Any) -> int:
+        """Rounds to record: option (CLI > env > ini), else the config's baseline_gate.repeats, else 5."""
+        from .measure import DEFAULT_REPEATS
+
+        return next(v for v in (self.repeats_option, gate.repeats, DEFAULT_REPEATS) if v is not None)
+
+    def retries(self, gate: Any) -> int:
+        """Re-measurements of an invalid round: option, else baseline_gate.retries, else 2."""
+        from .measure import DEFAULT_RETRIES
+
+        return next(v for v in (self.retries_option, gate.retries, DEFAULT_RETRIES) if v is not None)
+
+
+def _count(pconfig: pytest.Config, dest: str, least: int) -> int | None:
+    """An integer option (CLI values arrive as text) checked against its minimum; a bad one is a UsageError."""
+    raw = options.resolve(pconfig, dest)
+    if raw is None:
+        return None
+    flag = "--" + dest.replace("_", "-")
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        value = None
+    if value is None or value < least:
+        raise pytest.UsageError(f"llmserve: {flag} (env {dest.upper()}, ini {dest}) = {raw!r}: "
+                                f"must be an integer >= {least}")
+    return value
 
 
 def get_session(pconfig: pytest.Config) -> LlmserveSession:
