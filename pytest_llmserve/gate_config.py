@@ -51,12 +51,17 @@ class GateSettings:
             if key == "margin":
                 if not isinstance(value, Mapping) or not value:
                     fail(at, value, "must be a non-empty table of metric = relative margin, e.g. { ttft_p95_ms = 0.1 }")
+                from .checks.slo import BASELINE_METRICS
+
                 margins = {}
                 for metric, m in value.items():
-                    if not _number(m) or not 0 < m < 10:
-                        fail(f"{at}.{metric}", m, "must be a relative margin > 0 (0.1 = 10 %)")
+                    if metric not in BASELINE_METRICS:
+                        fail(f"{at}.{metric}", m, f"not a baseline metric; known: {', '.join(BASELINE_METRICS)}")
+                    if not _number(m) or not 0 <= m < 10:
+                        fail(f"{at}.{metric}", m, "must be a relative margin >= 0 (0.1 = 10 %; 0: not gated)")
                     margins[metric] = float(m)
-                out["margins"] = {**self.margins, **margins}
+                merged = {**self.margins, **margins}
+                out["margins"] = {k: v for k, v in merged.items() if v > 0}  # 0 takes a metric out of the gate
             elif key == "inconclusive":
                 if value not in INCONCLUSIVE:
                     fail(at, value, f"must be one of {', '.join(INCONCLUSIVE)}")

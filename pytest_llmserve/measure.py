@@ -23,7 +23,8 @@ from .gate_config import GateSettings
 from .load import RunResult
 from .load.summary import summarize
 
-TRANSIENT_ERRORS = frozenset({"connect_error"})
+# connection-level failures a busy machine or a restarting proxy causes; HTTP errors and timeouts are not retried
+TRANSIENT_ERRORS = frozenset({"connect_error", "connection_reset", "connection_closed", "connection_error"})
 DEFAULT_REPEATS = 5
 DEFAULT_RETRIES = 2
 
@@ -49,12 +50,13 @@ class Measurement:
 
 def retry_reason(result: RunResult) -> str | None:
     """Why a round deserves another attempt (None: it is valid, or measuring again would not help)."""
-    if not result.client_check.valid:
-        return "client self-check: " + "; ".join(result.client_check.reasons)
+    why = []
     errors = result.summary.errors
     if errors and set(errors) <= TRANSIENT_ERRORS:
-        return "transient connection errors: " + ", ".join(f"{k}={v}" for k, v in sorted(errors.items()))
-    return None
+        why.append("transient connection errors: " + ", ".join(f"{k}={v}" for k, v in sorted(errors.items())))
+    if not result.client_check.valid:
+        why.append("client self-check: " + "; ".join(result.client_check.reasons))
+    return "; ".join(why) or None
 
 
 def run_round(run_once: Callable[[], RunResult], retries: int, label: str, alive: Callable[[], bool],
@@ -134,9 +136,16 @@ class Planner:
             if all_precise(gate_checks(rounds, rounds, self.gate, gated_only=True)):
                 m.stopped = f"the baseline is precise enough for every gated margin (at least {self.repeats} repeats)"
                 return False
-        elif all_precise(gate_checks(self.baseline or [], rounds, self.gate, gated_only=True)):
-            m.stopped = "every gated metric is measured precisely enough for its margin"
-            return False
+        else:
+            checks = gate_checks(self.baseline or [], rounds, self.gate, gated_only=True)
+            if all_precise(checks):
+                m.stopped = "every gated metric is measured precisely enough for its margin"
+                return False
+            hopeless = [c.metric for c in checks if not c.precise and c.requests_needed is None]
+            if hopeless and len(rounds) >= 2:
+                m.stopped = (f"no number of requests makes {', '.join(hopeless)} precise enough: the baseline's own "
+                             "uncertainty (run-to-run spread over its repeats) is too large for the margin")
+                return False
         if elapsed + per_round > self.gate.budget_s:
             m.stopped = f"time budget {self.gate.budget_s:g} s spent"
             return False

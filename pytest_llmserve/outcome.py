@@ -64,7 +64,8 @@ class LoadOutcome:
         except BaselineError as exc:
             pytest.fail(str(exc), pytrace=False)
         context = list(self.context)
-        if self.measurement is not None and (len(self.measurement.results) > 1 or self.measurement.notes):
+        if self.measurement is not None and (self.measurement.stopped or len(self.measurement.results) > 1
+                                             or self.measurement.notes):
             context.append(self.measurement.line())
         context += list(self.measurement.notes if self.measurement is not None else []) + notes
         if keep and refused is None:

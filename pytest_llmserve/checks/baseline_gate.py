@@ -48,7 +48,9 @@ class Round:
 
     @classmethod
     def of(cls, samples: Mapping[str, Sequence[float]], values: Mapping[str, float]) -> Round:
-        return cls({k: np.asarray(v, dtype=float) for k, v in samples.items()},
+        """A round with NaN/inf samples and values dropped (a request that could not measure a family)."""
+        arrays = {k: np.asarray(v, dtype=float) for k, v in samples.items()}
+        return cls({k: a[np.isfinite(a)] for k, a in arrays.items()},
                    {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))})
 
 
@@ -212,5 +214,4 @@ def compare_rounds(
 
 def all_precise(checks: Sequence[GateCheck]) -> bool:
     """Whether every gated metric is measured precisely enough to decide (the sequential stop rule)."""
-    gated = [c for c in checks if c.gated]
-    return bool(gated) and all(c.precise for c in gated)
+    return all(c.precise for c in checks if c.gated)  # nothing gated: nothing to wait for
