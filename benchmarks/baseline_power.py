@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TTFT_MS, ITL_MS, JITTER_MS, TOKENS, CONCURRENCY = 30.0, 3.0, 2.0, 16, 16
+TTFT_MS, ITL_MS, JITTER_MS, TOKENS, CONCURRENCY = 60.0, 4.0, 8.0, 16, 8
+RETRIES = 4  # a shared 2-core machine: rounds the client rejects are measured again, up to 4 times
 LEVELS = (0.05, 0.10, 0.20)
 METRIC_OF = {"ttft": "ttft_p95_ms", "itl": "itl_p50_ms", "tput": "output_tok_s"}
 
@@ -88,7 +89,8 @@ def pytest_run(d: Path, *args: str) -> dict:
     report.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_slo.py", "--llmserve-hardware",
            "fake:cpu-2c", "--llmserve-report-json", str(report), *args]
-    proc = subprocess.run(cmd, cwd=d, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LLMSERVE_RETRIES": str(RETRIES)}
+    proc = subprocess.run(cmd, cwd=d, capture_output=True, text=True, env=env)
     if not report.exists():
         raise RuntimeError(f"pytest wrote no report (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
     return json.loads(report.read_text())
@@ -196,7 +198,7 @@ def main() -> int:
     data["chunks"].append({"trials": args.trials, "seconds": round(time.time() - t0, 1),
                            "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime(t0)),
                            "loadavg": os.getloadavg()[0],
-                           "timings": {"ttft_ms": TTFT_MS, "itl_ms": ITL_MS, "jitter_ms": JITTER_MS,
+                           "retries": RETRIES, "timings": {"ttft_ms": TTFT_MS, "itl_ms": ITL_MS, "jitter_ms": JITTER_MS,
                                        "tokens": TOKENS, "concurrency": CONCURRENCY}})
     if args.json:
         args.json.write_text(json.dumps(data, indent=1) + "\n")

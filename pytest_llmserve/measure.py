@@ -142,7 +142,7 @@ class Planner:
                 m.stopped = "every gated metric is measured precisely enough for its margin"
                 return False
             hopeless = [c.metric for c in checks if not c.precise and c.requests_needed is None]
-            if hopeless and len(rounds) >= 2:
+            if hopeless and len(rounds) >= 4:  # a few rounds first: τ from two rounds is itself noise
                 m.stopped = (f"no number of requests makes {', '.join(hopeless)} precise enough: the baseline's own "
                              "uncertainty (run-to-run spread over its repeats) is too large for the margin")
                 return False

@@ -106,6 +106,22 @@ class LoadOutcome:
             self.report = dataclasses.replace(self.report, problems=self.report.problems + (f"{say}: failing",))
         return self.report
 
+    def _ecdf_samples(self) -> dict[str, Any]:
+        """TTFT and per-request ITL (TPOT) of the stored baseline and of this run, for the report's figure."""
+        from .checks.baseline_gate import Round
+
+        base: list[Round] = (self.measurement.baseline_rounds if self.measurement and self.measurement.baseline_rounds
+                             else [])
+        if not base:
+            try:
+                base = baseline_rounds(self.session.store, self.target.name, self.nodeid)
+            except BaselineError:
+                base = []
+        run = [round_of(r) for r in self.measurement.results] if self.measurement else []
+        pool = (lambda rs, k: [float(x) for r in rs for x in r.samples.get(k, [])])  # noqa: E731
+        return {"baseline": {"ttft_ms": pool(base, "ttft_ms"), "tpot_ms": pool(base, "tpot_ms")},
+                "run": {"ttft_ms": pool(run, "ttft_ms"), "tpot_ms": pool(run, "tpot_ms")}}
+
     def _measurement_dict(self) -> dict[str, Any] | None:
         m = self.measurement
         if m is None:
@@ -160,6 +176,8 @@ class LoadOutcome:
         )
         if self.item is not None:
             self.item.user_properties.extend(junit_properties(self.target.name, report))
+        if not report.passed and self.session.report_md is not None and self.comparisons and self.measurement:
+            self.session.ecdf_samples[self.nodeid] = self._ecdf_samples()
         if not report.passed:
             pytest.fail(report.render(), pytrace=False)
         return report

@@ -47,6 +47,7 @@ class LlmserveSession:
     collected_ids: set[str] = field(default_factory=set)
     leftovers: dict[str, list[int]] = field(default_factory=dict)
     optimisations: dict[str, Any] = field(default_factory=dict)
+    ecdf_samples: dict[str, Any] = field(default_factory=dict)  # nodeid → samples for the Markdown's ECDF figure
     repeats_option: int | None = None  # --llmserve-repeats / LLMSERVE_REPEATS / llmserve_repeats
     retries_option: int | None = None  # --llmserve-retries / LLMSERVE_RETRIES / llmserve_retries
     xdist_worker: str | None = None  # "gw0"... on an xdist worker, whose controller merges and reports

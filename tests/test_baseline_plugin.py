@@ -79,10 +79,15 @@ def test_record_then_gate_passes_the_same_server_catches_a_slower_one_and_refuse
 
     with TruthServer(Script(ttft_ms=40, itl_ms=60)) as slow:  # 3x slower decode, 4x slower first token
         _project(pytester, slow.url, SEQUENTIAL)
-        result = pytester.runpytest(*ARGS)
+        result = pytester.runpytest(*ARGS, "--llmserve-report-md", "out/r.md")
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
     assert "itl_p50_ms: regression:" in out and "output_tok_s: regression:" in out
+    assert "vs baseline" in out and "margin 50%" in out  # the terminal row carries the comparison
+    md = (pytester.path / "out" / "r.md").read_text()
+    assert "**Baseline comparison of `test_gate.py::test_gate[truth]`**" in md and "| regression |" in md
+    png = next((pytester.path / "out" / "r-ecdf").glob("*.png"))
+    assert png.read_bytes()[:4] == b"\x89PNG" and f"](r-ecdf/{png.name})" in md
 
     _project(pytester, truth_url, SEQUENTIAL, out=4)  # another request shape
     result = pytester.runpytest(*ARGS)
