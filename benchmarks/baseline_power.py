@@ -162,13 +162,44 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def coverage(sims: int) -> str:
+    """Simulated no-change comparisons: how often the interval misses 0, by baseline repeats R (why R=5)."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from pytest_llmserve.checks.baseline_gate import Round, compare_rounds
+
+    def draw(rng, k, n, tau):
+        shifts = 1 + tau * rng.standard_normal(k)  # each round's own run effect
+        return [Round.of({"ttft_ms": (20 + rng.uniform(0, 10, n)) * u}, {"output_tok_s": 1000 / u}) for u in shifts]
+
+    a = 0.05 / 3
+    lines = [f"| baseline repeats R | run rounds | run-to-run SD | metric | interval missed 0 (nominal {2 * a:.1%}) | "
+             "false regression |", "|---:|---:|---:|---|---:|---:|"]
+    for r, k, tau in ((3, 1, 0.03), (3, 2, 0.03), (5, 1, 0.03), (5, 2, 0.03), (8, 2, 0.03)):
+        for metric in ("ttft_p95_ms", "output_tok_s"):
+            rng = np.random.default_rng(11)
+            miss = reg = 0
+            for _ in range(sims):
+                c = compare_rounds(metric, draw(rng, r, 64, tau), draw(rng, k, 64, tau),
+                                   higher_is_better=metric == "output_tok_s", margin=0.1, alpha=a, power=0.9)
+                miss += not c.check.change.contains(0.0)
+                reg += c.verdict == "regression"
+            lines.append(f"| {r} | {k} | {tau:.0%} | {metric} | {miss / sims:.1%} | {reg / sims:.1%} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=2, help="trials in this chunk (each records and gates once)")
     ap.add_argument("--budget-s", type=float, default=60.0, help="baseline_gate.budget_s of the gated tests")
     ap.add_argument("--json", type=Path, help="append this chunk's trials to this JSON file")
     ap.add_argument("--table", type=Path, help="only print the table of an existing JSON file")
+    ap.add_argument("--coverage", type=int, metavar="SIMS", help="only simulate interval coverage by repeats (no servers)")
     args = ap.parse_args()
+    if args.coverage:
+        print(coverage(args.coverage))
+        return 0
     if args.table:
         data = json.loads(args.table.read_text())
         print(table(data["rows"]))
