@@ -123,6 +123,9 @@ class Planner:
             return False
         if self.mode == "once":
             return False
+        if self.mode in ("record", "repeat") and last.summary.errors:  # such a run is never recorded anyway
+            m.stopped = "a round had failed requests"
+            return False
         if self.mode == "repeat":
             if len(rounds) >= self.repeats:
                 m.stopped = f"{self.repeats} repeats recorded"
