@@ -132,11 +132,18 @@ def one_trial(trial: int, urls: dict[str, str], budget_s: float) -> list[dict]:
             out.append({"trial": trial, "condition": c, "passed": r["passed"],
                         "record_requests": rec_result["measurement"]["requests"],
                         "record_rounds": rec_result["measurement"]["rounds"],
-                        "measurement": r.get("measurement"),
+                        "measurement": {k: v for k, v in (r.get("measurement") or {}).items() if k != "attempt_notes"},
+                        "remeasured": sum("measured again" in n for n in (r.get("measurement") or {}).get("attempt_notes", [])),
                         "gate": {g["metric"]: {k: g[k] for k in ("verdict", "change", "change_ci", "margin",
                                                                  "min_detectable", "gated", "requests")}
-                                 for g in r.get("baseline_gate", [])}})
+                                 for g in r.get("baseline_gate", []) if g["gated"]}})
         return out
+
+
+def dump(data: dict) -> str:
+    """The results file: one line per row, so chunks append readable diffs."""
+    rows = ",\n  ".join(json.dumps(r, sort_keys=True) for r in data["rows"])
+    return f'{{"chunks": {json.dumps(data["chunks"])},\n "rows": [\n  {rows}\n]}}\n'
 
 
 def table(rows: list[dict]) -> str:
@@ -220,7 +227,7 @@ def main() -> int:
                   flush=True)
             if args.json:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(data, indent=1) + "\n")
+                args.json.write_text(dump(data))
     finally:
         for p in procs:
             p.terminate()
@@ -232,7 +239,7 @@ def main() -> int:
                            "retries": RETRIES, "timings": {"ttft_ms": TTFT_MS, "itl_ms": ITL_MS, "jitter_ms": JITTER_MS,
                                        "tokens": TOKENS, "concurrency": CONCURRENCY}})
     if args.json:
-        args.json.write_text(json.dumps(data, indent=1) + "\n")
+        args.json.write_text(dump(data))
     print(table(data["rows"]))
     return 0
 
