@@ -1,6 +1,10 @@
 """Stored baselines: one small, sorted, rounded JSON file per hardware label and target.
 
-Layout: ``<baselines_dir>/<hardware>/<target>.json`` holding ``{"entries": {test_id: {metric: value}}}``.
+Layout: ``<baselines_dir>/<hardware>/<target>.json`` holding ``{"entries": {test_id: entry}}``. An entry is
+either the old one-number form ``{metric: value}`` (schema 1, still read and compared the old way) or the
+statistical form (schema 2) ``{"shape": {...}, "repeats": R, "requests": N, "metrics": {metric: {"value",
+"ci95", "n", "rounds", "run_to_run"}}}``, whose per-request samples of every round live in the compressed
+sidecar ``<target>.samples.json.gz`` (baseline_samples.py), written under the same lock.
 Writes are read-modify-write under a file lock and land with an atomic rename, so parallel
 workers never clobber each other and a crash never leaves half a file. A file that does not
 parse is reported and never overwritten.
@@ -12,13 +16,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from .atomic import atomic_write_json
 from .config import Tolerance
 from .locks import lock_for
 
 SCHEMA = 1
+SCHEMA_STATS = 2  # files holding statistical entries (they may still hold old one-number entries)
 SIGNIFICANT_DIGITS = 4
 HIGHER_IS_BETTER = frozenset({"output_tok_s", "requests_s", "accuracy", "exact_match_rate"})
 DEFAULT_TOLERANCES: Mapping[str, Tolerance] = {
@@ -58,13 +63,17 @@ class MetricComparison:
     measured: float
     baseline: float | None
     tolerance: Tolerance
-    verdict: str  # ok | regression | improvement | missing | recorded
+    verdict: str  # ok | regression | improvement | missing | recorded | inconclusive | (info: a verdict)
+    gate: Any = None  # checks.baseline_gate.GateCheck when compared statistically
 
     @property
     def bound(self) -> float | None:
         """The worst value still accepted, in the metric's direction."""
         if self.baseline is None:
             return None
+        if self.gate is not None:
+            m = self.gate.check.margin
+            return self.baseline * (1 - m) if higher_is_better(self.metric) else self.baseline * (1 + m)
         slack = abs(self.baseline) * self.tolerance.rel + self.tolerance.abs
         return self.baseline - slack if higher_is_better(self.metric) else self.baseline + slack
 
@@ -94,9 +103,13 @@ class BaselineStore:
 
     def lookup(self, target: str, test_id: str) -> dict[str, float] | None:
         """The stored metrics for a test, or None; marks the entry as used."""
+        found = self.lookup_entry(target, test_id)
+        return flat_values(found) if found is not None else None
+
+    def lookup_entry(self, target: str, test_id: str) -> dict[str, Any] | None:
+        """The stored entry as written (either form), or None; marks the entry as used."""
         self.used.add((target, test_id))
-        entries = self._read(self.path_for(target))
-        found = entries.get(test_id)
+        found = self._read(self.path_for(target)).get(test_id)
         return dict(found) if found is not None else None
 
     def compare(
@@ -135,12 +148,48 @@ class BaselineStore:
             entries = self._read(path)
             old = entries.get(test_id)
             entries[test_id] = new
-            atomic_write_json(path, {"schema": SCHEMA, "hardware": self.hardware, "target": target,
+            schema = SCHEMA_STATS if any(is_statistical(e) for e in entries.values()) else SCHEMA
+            atomic_write_json(path, {"schema": schema, "hardware": self.hardware, "target": target,
                                       "entries": dict(sorted(entries.items()))})
-        change = BaselineChange(path, test_id, old, new)
+        change = BaselineChange(path, test_id, flat_values(old) if old is not None else None, new)
         self.changes.append(change)
         self.used.add((target, test_id))
         return change
+
+    def record_entry(self, target: str, test_id: str, entry: Mapping[str, Any],
+                     rounds: list[dict[str, Any]]) -> BaselineChange:
+        """Write a statistical entry and its rounds' samples (sidecar first, then the JSON), both atomic,
+        under the file's lock; a corrupt file or sidecar stops it before anything is written."""
+        from .baseline_samples import read_rounds_file, sidecar_path, write_rounds_file
+
+        path = self.path_for(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        side = sidecar_path(path)
+        with FileLock(str(path) + ".lock", timeout=120):
+            entries = self._read(path)
+            samples = read_rounds_file(side, self.hardware)
+            old = entries.get(test_id)
+            entries[test_id] = dict(entry)
+            samples[test_id] = rounds
+            write_rounds_file(side, self.hardware, target, samples)
+            atomic_write_json(path, {"schema": SCHEMA_STATS, "hardware": self.hardware, "target": target,
+                                      "entries": dict(sorted(entries.items()))})
+        change = BaselineChange(path, test_id, flat_values(old) if old is not None else None, flat_values(entry))
+        self.changes.append(change)
+        self.used.add((target, test_id))
+        return change
+
+    def rounds(self, target: str, test_id: str) -> list[dict[str, Any]]:
+        """The stored rounds of a statistical entry, from the sidecar; a missing or corrupt one is an error."""
+        from .baseline_samples import read_rounds_file, sidecar_path
+
+        path = self.path_for(target)
+        side = sidecar_path(path)
+        found = read_rounds_file(side, self.hardware).get(test_id)
+        if not found:
+            raise BaselineError(f"baseline sample file {side} has no rounds for {test_id} (the entry in {path} needs "
+                                f"them); restore it from version control or {UPDATE_HINT}")
+        return found
 
     def other_hardware_with(self, target: str, test_id: str) -> list[str]:
         """Hardware labels that do have a baseline for this test (to explain a refusal)."""
@@ -171,16 +220,36 @@ class BaselineStore:
         return _read_entries(path, self.hardware)
 
 
-def _read_entries(path: Path, hardware: str) -> dict[str, dict[str, float]]:
+def is_statistical(entry: Mapping[str, Any]) -> bool:
+    """Whether an entry is the schema-2 form (summary + sidecar samples) rather than one number per metric."""
+    return isinstance(entry.get("metrics"), dict)
+
+
+def flat_values(entry: Mapping[str, Any]) -> dict[str, float]:
+    """{metric: value} of an entry of either form."""
+    if is_statistical(entry):
+        return {m: float(v["value"]) for m, v in entry["metrics"].items()}
+    return {m: float(v) for m, v in entry.items()}
+
+
+def _valid_entry(entry: Any) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    if is_statistical(entry):
+        return isinstance(entry.get("shape"), dict) and all(
+            isinstance(v, dict) and _finite_number(v.get("value")) for v in entry["metrics"].values())
+    return all(_finite_number(x) for x in entry.values())
+
+
+def _read_entries(path: Path, hardware: str) -> dict[str, dict[str, Any]]:
     if not path.exists():
         return {}
     try:
         data = json.loads(path.read_text("utf-8"))
         entries = data["entries"]
-        if not isinstance(entries, dict) or not all(
-            isinstance(v, dict) and all(_finite_number(x) for x in v.values()) for v in entries.values()
-        ):
-            raise ValueError("entries must map test ids to {metric: finite number}")
+        if not isinstance(entries, dict) or not all(_valid_entry(v) for v in entries.values()):
+            raise ValueError("entries must map test ids to {metric: finite number} or to "
+                             "{shape, metrics: {metric: {value, ...}}}")
     except (ValueError, KeyError, TypeError) as exc:
         raise BaselineError(
             f"baseline file {path} is corrupt ({exc}); it was not modified. Fix it from version control "

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from .gate_config import GateSettings
+
 KINDS = ("vllm", "openai", "trtllm-serve", "triton")
 SLO_KEYS = (
     "ttft_p50_ms",
@@ -56,10 +58,11 @@ TARGET_KEYS = {
     "cpus": str,
     "client_cpus": str,
     "workloads": dict,
+    "baseline_gate": dict,
 }
 WORKLOAD_KEYS = ("profiles", "requests", "concurrency", "warmup", "max_model_len")
 CLIENT_KEYS = ("max_send_lag_p99_ms", "max_merged_token_frac", "merged_lag_tolerance_ms", "max_loop_lag_p99_ms", "workers")
-TOP_KEYS = {"baselines_dir": str, "hardware": str, "targets": list, "tolerance": dict}
+TOP_KEYS = {"baselines_dir": str, "hardware": str, "targets": list, "tolerance": dict, "baseline_gate": dict}
 DEFAULT_STARTUP_TIMEOUT_S = 600.0
 EXTERNAL_STARTUP_TIMEOUT_S = 30.0  # an already-running server that is not up in 30 s is down
 
@@ -119,6 +122,7 @@ class Target:
     client_cpus: str | None = None  # pin the load client (the pytest process) to these CPUs while it runs
     workloads: Mapping[str, Any] = field(default_factory=dict)  # the workload suite: profiles, requests, ...
     source: str = "<memory>"
+    baseline_gate: Mapping[str, Any] = field(default_factory=dict)  # validated; overlays the project's
 
     @property
     def model_name(self) -> str:
@@ -142,6 +146,11 @@ class LlmserveConfig:
     hardware: str | None = None
     tolerance: Mapping[str, Tolerance] = field(default_factory=dict)
     source: str | None = None
+    baseline_gate: GateSettings = field(default_factory=GateSettings)
+
+    def gate(self, target: Target) -> GateSettings:
+        """The baseline-gate settings of one target: project-wide, overlaid with the target's table."""
+        return self.baseline_gate.merged(target.baseline_gate, "baseline_gate", _Errors(target.source).fail)
 
     def target(self, name: str) -> Target:
         """The target called `name`, or a ConfigError listing the known names."""
@@ -197,6 +206,7 @@ def parse_config(section: Mapping[str, Any], *, source: str, prefix: str = "") -
     _check_keys(err, section, TOP_KEYS, prefix)
     base_dir = Path(source).parent if source and not source.startswith("<") else Path.cwd()
     tolerance = _parse_tolerances(err, section.get("tolerance", {}), _join(prefix, "tolerance"))
+    gate = GateSettings().merged(section.get("baseline_gate", {}), _join(prefix, "baseline_gate"), err.fail)
     targets: list[Target] = []
     seen: set[str] = set()
     for i, raw in enumerate(section.get("targets", [])):
@@ -214,6 +224,7 @@ def parse_config(section: Mapping[str, Any], *, source: str, prefix: str = "") -
         hardware=section.get("hardware"),
         tolerance=tolerance,
         source=source,
+        baseline_gate=gate,
     )
 
 
@@ -301,6 +312,7 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
         client_cpus=raw.get("client_cpus"),
         workloads=workloads,
         source=source,
+        baseline_gate=_checked_gate(err, raw.get("baseline_gate", {}), f"{where}.baseline_gate"),
     )
 
 
@@ -325,6 +337,11 @@ def _parse_workloads(err: _Errors, raw: Mapping[str, Any], where: str, shape_onl
                     err.fail(f"{where}.{key}", name, f"unknown profile; known: {', '.join(PROFILES)}")
         elif isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "warmup" else 1):
             err.fail(f"{where}.{key}", value, f"must be an integer >= {0 if key == 'warmup' else 1}")
+    return dict(raw)
+
+
+def _checked_gate(err: _Errors, raw: Any, where: str) -> dict[str, Any]:
+    GateSettings().merged(raw, where, err.fail)  # validates; merged over the project's settings later
     return dict(raw)
 
 

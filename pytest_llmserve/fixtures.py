@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any, Callable, NoReturn
@@ -10,12 +11,15 @@ import pytest
 
 from . import benchmark_bridge
 from .config import ConfigError, Target, parse_cpu_list
+from .baseline_samples import check_shape
+from .baselines import BaselineError, is_statistical
 from .load import CheckLimits, ClientOptions, LoadProgress, LoadSpec, RunResult, run_load
 from .load.trace import TraceReplay
 from .load.workloads import Workload, workload
+from .measure import Planner, baseline_rounds, measure, merge_results, plan_mode
 from .outcome import LoadOutcome
 from .progress import Heartbeat, Snapshot, pytest_emitter
-from .server_info import max_model_len, reset_prefix_cache
+from .server_info import CacheReset, max_model_len, reset_prefix_cache
 from .server_metrics import MetricsSampler
 from .servers.base import ServerError, ServerHandle
 from .session import get_session
@@ -69,12 +73,17 @@ def llm_servers(request: pytest.FixtureRequest) -> Callable[[str], ServerHandle]
 
 @pytest.fixture
 def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callable[..., LoadOutcome]:
-    """Run streaming load against the test's target: `llm_load(concurrency=8, output_len=64)`."""
+    """Run streaming load against the test's target: `llm_load(concurrency=8, output_len=64)`.
+
+    `llm_load.until_decided(...)` measures rounds of that spec until the baseline gate can decide (or its
+    budget is spent); under --update-baselines both record `--llmserve-repeats` rounds or more.
+    """
     session = get_session(request.config)
     marker = request.node.get_closest_marker("slo")
     limits = dict(marker.kwargs) if marker else {}
+    nodeid = request.node.nodeid
 
-    def run(**spec_args: Any) -> LoadOutcome:
+    def spec_of(spec_args: dict[str, Any]) -> tuple[LoadSpec, list[str]]:
         shown = ", ".join(f"{k}={v!r}" for k, v in spec_args.items())
         if session.requests_override is not None and spec_args.get("duration_s") is None:
             spec_args["requests"] = session.requests_override
@@ -95,38 +104,68 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
             spec.validate()
         except (TypeError, ValueError) as exc:
             _fail_once(f"llm_load({shown}): {exc}")
-        reset = reset_prefix_cache(llm_server.base_url)
-        sampler = MetricsSampler(llm_server.metrics_url).start() if llm_server.metrics_url else None
+        return spec, context
+
+    resets: list[CacheReset] = []
+
+    def one(spec: LoadSpec) -> RunResult:
+        resets.append(reset_prefix_cache(llm_server.base_url))  # each round starts from a cold cache
         shape = f"rate={spec.rate}/s" if spec.rate else f"c={spec.concurrency}"
         # no /metrics polling from this process during the run: it stalls the client (measured); the
         # client's own count of finished requests instead (None with several client processes)
         counted = LoadProgress()
         status = lambda: Snapshot(done=counted.done) if counted.live else None  # noqa: E731
+        with Heartbeat(pytest_emitter(request.config), f"{llm_server.target.name} {shape}", status=status,
+                       total=spec.warmup + spec.requests if spec.requests else None):
+            try:
+                return _run(llm_server, spec, counted)
+            except Exception:  # a client error from a server that died: its exit and log are the cause
+                if not llm_server.alive():
+                    _fail_with_death(llm_server)
+                raise
+
+    def measured(spec_args: dict[str, Any], sequential: bool) -> LoadOutcome:
+        spec, context = spec_of(spec_args)
+        gate = session.gate_settings(llm_server.target)
+        entry, baseline = None, None
+        if not session.store.update:
+            try:
+                entry = session.store.lookup_entry(llm_server.target.name, nodeid)
+                if sequential and entry is not None and is_statistical(entry):
+                    check_shape(entry, spec, session.store.path_for(llm_server.target.name), nodeid)
+                    baseline = baseline_rounds(session.store, llm_server.target.name, nodeid)
+            except BaselineError as exc:
+                _fail_once(str(exc))
+        mode = plan_mode(entry, session.store.update, sequential)
+        if mode == "record" and not sequential:
+            mode = "repeat"
+        planner = Planner(gate, mode, session.repeats(gate), baseline)
+        sampler = MetricsSampler(llm_server.metrics_url).start() if llm_server.metrics_url else None
         try:
-            with Heartbeat(pytest_emitter(request.config), f"{llm_server.target.name} {shape}", status=status,
-                           total=spec.warmup + spec.requests if spec.requests else None):
-                try:
-                    result = _run(llm_server, spec, counted)
-                except Exception:  # a client error from a server that died: its exit and log are the cause
-                    if not llm_server.alive():
-                        _fail_with_death(llm_server)
-                    raise
+            m = measure(lambda i: one(spec if i == 0 else dataclasses.replace(spec, warmup=0)), planner,
+                        session.retries(gate), llm_server.alive)
         finally:
             server_metrics = sampler.stop() if sampler is not None else None
+        result = merge_results(m.results)
         benchmark_bridge.record_load(request.config, request.node, llm_server.target.name, result)
         try:
             llm_server.ensure_alive()
         except ServerError as exc:
             _fail_once(str(exc))
         hit_rate = server_metrics.prefix_cache_hit_rate if server_metrics is not None else None
-        if reset.done or hit_rate is None or hit_rate > 0:  # a cache that was never hit inflated nothing
-            context.append(reset.line)
-        return LoadOutcome(result=result, target=llm_server.target, nodeid=request.node.nodeid,
+        if resets and (resets[-1].done or hit_rate is None or hit_rate > 0):  # a cache never hit inflated nothing
+            context.append(resets[-1].line)
+        resets.clear()
+        return LoadOutcome(result=result, target=llm_server.target, nodeid=nodeid,
                            session=session, marker_limits=limits, context=context,
                            metrics_url=llm_server.metrics_url,
                            optimisations=session.optimisations_of(llm_server),
-                           server_metrics=server_metrics, item=request.node)
+                           server_metrics=server_metrics, item=request.node, measurement=m)
 
+    def run(**spec_args: Any) -> LoadOutcome:
+        return measured(spec_args, sequential=False)
+
+    run.until_decided = lambda **spec_args: measured(spec_args, sequential=True)  # type: ignore[attr-defined]
     return run
 
 

@@ -46,6 +46,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("--llmserve-requests", "llmserve_requests", "override the number of measured requests of every load run", kind="int", minimum=1),
     OptionSpec("--llmserve-report-json", "llmserve_report_json", "write all results of the session to this JSON file"),
     OptionSpec("--llmserve-report-md", "llmserve_report_md", "write a Markdown report (pull-request comment) to this file"),
+    OptionSpec("--llmserve-repeats", "llmserve_repeats", "rounds recorded per test by --update-baselines (default 5; run-to-run spread needs >= 2)", kind="int", minimum=1),
+    OptionSpec("--llmserve-retries", "llmserve_retries", "re-measure a round the client marks invalid (or with connection errors) up to N times (default 2)", kind="int", minimum=0),
     OptionSpec("--update-baselines", "llmserve_update_baselines", "record measured values as the new baselines (tests pass)", kind="bool", env_var="LLMSERVE_UPDATE_BASELINES"),
 )
 

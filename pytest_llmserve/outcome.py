@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 import pytest
 
-from .baselines import BaselineError, round_significant
+from .baseline_samples import check_shape, round_of, round_to_dict, shape_of, summary_entry
+from .baselines import BaselineError, MetricComparison, default_tolerance, is_statistical, round_significant
 from .checks import server_slo
 from .checks.slo import BASELINE_METRICS, SloEvaluation, SloReport, validate_limits
 from .checks.optimisations import OptimisationsReport
 from .config import Target
 from .load import RunResult
+from .measure import Measurement, baseline_rounds, gate_checks
 from .server_metrics import MetricsSummary
 from .session import LlmserveSession, ResultEntry
 
@@ -32,6 +36,8 @@ class LoadOutcome:
     item: Any = None  # the pytest item, for JUnit properties (record_property's user_properties)
     report: SloReport | None = None
     metrics_url: str | None = None  # where server_metrics came from (named when it gave nothing)
+    measurement: Measurement | None = None  # the rounds behind `result` (several when repeated or sequential)
+    comparisons: list[MetricComparison] = field(default_factory=list)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -52,18 +58,20 @@ class LoadOutcome:
         refused = _errors_refuse_recording(self.result, merged) if self.session.store.update else None
         # never record an invalid run, or one with failed requests, over a baseline
         keep = self.session.store.update and (not self.result.valid or refused is not None)
+        notes: list[str] = []
+        self.comparisons = []
         try:
             if keep:
                 self.session.store.lookup(self.target.name, self.nodeid)  # still in use, not "unused"
-            comparisons = [] if keep else self.session.store.compare(
-                self.target.name,
-                self.nodeid,
-                {m: metrics[m] for m in BASELINE_METRICS if m in metrics and self.result.valid},
-                self.session.target_tolerances(self.target),
-            )
+            comparisons = [] if keep else self._compare(metrics, notes)
+            self.comparisons = comparisons
         except BaselineError as exc:
             pytest.fail(str(exc), pytrace=False)
         context = list(self.context)
+        if self.measurement is not None and (self.measurement.stopped or len(self.measurement.results) > 1
+                                             or self.measurement.notes):
+            context.append(self.measurement.line())
+        context += list(self.measurement.notes if self.measurement is not None else []) + notes
         if keep and refused is None:
             context.append("run invalid: the stored baseline was kept, not overwritten (fix the run, then update)")
         context.append(_client_line(self.result))
@@ -75,6 +83,14 @@ class LoadOutcome:
             others = self.session.store.other_hardware_with(self.target.name, self.nodeid)
             if others:
                 context.append(f"baselines exist for hardware {', '.join(others)} only; not compared across hardware")
+        gate = self.session.gate_settings(self.target)
+        undecided = [c.metric for c in comparisons if c.verdict == "inconclusive"]
+        if undecided:
+            say = (f"baseline comparison inconclusive for {', '.join(undecided)} "
+                   f"(baseline_gate.inconclusive = {gate.inconclusive!r})")
+            if gate.inconclusive == "warn":
+                context.append(f"WARNING: {say}: passed with a warning")
+                warnings.warn(pytest.PytestWarning(f"{self.nodeid}: {say}"), stacklevel=2)
         evaluation = SloEvaluation(
             metrics=metrics,
             limits=merged,
@@ -92,7 +108,65 @@ class LoadOutcome:
             f"{spec.input_len} in / {spec.output_len} out tokens"
         )
         self.report = evaluation.report(title)
+        if undecided and gate.inconclusive == "fail":
+            self.report = dataclasses.replace(self.report, problems=self.report.problems + (f"{say}: failing",))
         return self.report
+
+    def _ecdf_samples(self) -> dict[str, Any]:
+        """TTFT and per-request ITL (TPOT) of the stored baseline and of this run, for the report's figure."""
+        from .checks.baseline_gate import Round
+
+        base: list[Round] = (self.measurement.baseline_rounds if self.measurement and self.measurement.baseline_rounds
+                             else [])
+        if not base:
+            try:
+                base = baseline_rounds(self.session.store, self.target.name, self.nodeid)
+            except BaselineError:
+                base = []
+        run = [round_of(r) for r in self.measurement.results] if self.measurement else []
+        pool = (lambda rs, k: [float(x) for r in rs for x in r.samples.get(k, [])])  # noqa: E731
+        return {"baseline": {"ttft_ms": pool(base, "ttft_ms"), "tpot_ms": pool(base, "tpot_ms")},
+                "run": {"ttft_ms": pool(run, "ttft_ms"), "tpot_ms": pool(run, "tpot_ms")}}
+
+    def _measurement_dict(self) -> dict[str, Any] | None:
+        m = self.measurement
+        if m is None:
+            return None
+        return {"rounds": len(m.results), "requests": m.requests, "seconds": round(m.seconds, 2),
+                "stopped": m.stopped, "attempt_notes": list(m.notes)}
+
+    def _compare(self, metrics: Mapping[str, float], notes: list[str]) -> list[MetricComparison]:
+        """Compare with (or record) the stored baseline: statistically when rounds are stored, else the old way."""
+        store, name = self.session.store, self.target.name
+        values = {m: metrics[m] for m in BASELINE_METRICS if m in metrics and self.result.valid}
+        tolerances = self.session.target_tolerances(self.target)
+        gate = self.session.gate_settings(self.target)
+        rounds = [round_of(r) for r in self.measurement.results] if self.measurement else [round_of(self.result)]
+        if store.update:
+            checks = gate_checks(rounds, rounds, gate)
+            store.record_entry(name, self.nodeid, summary_entry(shape_of(self.result.spec), rounds, checks),
+                               [round_to_dict(r, BASELINE_METRICS) for r in rounds])
+            return [MetricComparison(c.metric, c.check.candidate_value, None,
+                                     tolerances.get(c.metric) or default_tolerance(c.metric), "recorded")
+                    for c in checks]
+        entry = store.lookup_entry(name, self.nodeid)
+        if entry is None or not is_statistical(entry):
+            if entry is not None:
+                notes.append("baseline entry is in the old one-number format: compared by the old tolerance rule "
+                             "(baseline ± rel·|baseline| + abs); re-record with --update-baselines for the "
+                             "statistical verdict")
+            return store.compare(name, self.nodeid, values, tolerances)
+        check_shape(entry, self.result.spec, store.path_for(name), self.nodeid)
+        stored = (self.measurement.baseline_rounds if self.measurement and self.measurement.baseline_rounds
+                  else baseline_rounds(store, name, self.nodeid))
+        out = []
+        for c in gate_checks(stored, rounds, gate):
+            verdict = {"pass": "ok"}.get(c.verdict, c.verdict) if c.gated else f"({c.verdict})"
+            out.append(MetricComparison(c.metric, c.check.candidate_value, c.check.incumbent_value,
+                                        tolerances.get(c.metric) or default_tolerance(c.metric), verdict, gate=c))
+            if c.gated and c.verdict != "pass":
+                notes.append(f"{c.metric}: {c.verdict}: {c.check.reason}")
+        return out
 
     def assert_slo(self, **limits: Any) -> SloReport:
         """Fail the test with the verdict table when a limit, the baseline or run validity says so."""
@@ -102,10 +176,14 @@ class LoadOutcome:
                         {"metrics": self.metrics, "result": self.result.to_dict(), "context": list(report.context),
                          "optimisations": self.optimisations.to_dict() if self.optimisations else None,
                          "server_metrics": asdict(self.server_metrics) if self.server_metrics else None,
-                         "rows": slo_rows(report)})
+                         "rows": slo_rows(report),
+                         "baseline_gate": [c.gate.to_dict() for c in self.comparisons if c.gate is not None],
+                         "measurement": self._measurement_dict()})
         )
         if self.item is not None:
             self.item.user_properties.extend(junit_properties(self.target.name, report))
+        if not report.passed and self.session.report_md is not None and self.comparisons and self.measurement:
+            self.session.ecdf_samples[self.nodeid] = self._ecdf_samples()
         if not report.passed:
             pytest.fail(report.render(), pytrace=False)
         return report
@@ -125,7 +203,9 @@ def _errors_refuse_recording(result: RunResult, limits: Mapping[str, float]) -> 
 def slo_rows(report: SloReport) -> list[dict[str, Any]]:
     """The verdict table as rows for the session's combined table and the JSON report."""
     rows: list[dict[str, Any]] = [{"metric": r.metric, "measured": r.measured, "limit": r.limit, "baseline": r.baseline,
-                                   "allowed": r.allowed, "verdict": r.verdict} for r in report.rows]
+                                   "allowed": r.allowed, "verdict": r.verdict,
+                                   **({"change": r.change, "margin": r.margin, "detectable": r.detectable, "n": r.n}
+                                      if r.change else {})} for r in report.rows]
     invalid = [p.removeprefix("run invalid for SLO checks: ") for p in report.problems if p.startswith("run invalid")]
     if invalid:  # e.g. the client self-check rejected the run: one row, every reason in its note
         rows.append({"metric": "run validity", "measured": "invalid", "verdict": "FAIL", "note": "; ".join(invalid)})

@@ -88,3 +88,29 @@ def save_sweep_png(result: SweepResult, path: str | Path, *, title: str | None =
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def save_ecdf_png(samples: dict[str, Any], path: str | Path, *, title: str = "") -> Path:
+    """Two panels, TTFT and per-request ITL (TPOT): the ECDF of the stored baseline and of this run."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for ax, key, label in zip(axes, ("ttft_ms", "tpot_ms"), ("TTFT (ms)", "ITL per request, mean gap = TPOT (ms)")):
+        for side, color in (("baseline", "tab:blue"), ("run", "tab:red")):
+            xs = np.sort(np.asarray(samples.get(side, {}).get(key, []), dtype=float))
+            if xs.size:
+                ax.step(xs, np.arange(1, xs.size + 1) / xs.size, where="post", color=color,
+                        label=f"{side} (n={xs.size}, p50 {np.percentile(xs, 50):.3g}, p95 {np.percentile(xs, 95):.3g})")
+        for q in (0.5, 0.95):
+            ax.axhline(q, color="grey", linestyle=":", linewidth=0.8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("fraction of requests ≤ x")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title or "baseline vs run")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

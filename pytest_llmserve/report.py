@@ -10,7 +10,7 @@ from .baselines import BaselineChange
 from .session import LlmserveSession, ResultEntry
 
 
-ROW_HEAD = ("", "target", "test", "metric", "measured", "limit", "baseline", "verdict")
+ROW_HEAD = ("", "target", "test", "metric", "measured", "limit", "baseline", "vs baseline", "verdict")
 _BAD = ("FAIL", "regression", "missing", "fail", "inconclusive", "not measurable")
 
 
@@ -57,8 +57,24 @@ def combined_rows(state: LlmserveSession) -> list[tuple[str, ...]]:
         for r in entry_rows(entry):
             out.append(("x" if str(r.get("verdict")) in _BAD else "", entry.target,
                         _short(entry.nodeid), str(r.get("metric")), _num(r.get("measured")), _num(r.get("limit")),
-                        _num(r.get("baseline")), str(r.get("verdict", ""))))
+                        _num(r.get("baseline")), _versus(r), str(r.get("verdict", ""))))
     return out
+
+
+def _with_versus(rows: list[tuple[str, ...]]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The head and rows, with the "vs baseline" column only when some row was compared statistically."""
+    if any(r[7] for r in rows):
+        return ROW_HEAD, rows
+    return ROW_HEAD[:7] + ROW_HEAD[8:], [r[:7] + r[8:] for r in rows]
+
+
+def _versus(r: dict[str, Any]) -> str:
+    """The statistical comparison in one cell: change [CI], margin (gated metrics), smallest detectable change."""
+    if not r.get("change"):
+        return ""
+    margin = f", margin {r['margin']:.0%}" if r.get("margin") is not None else ""
+    seen = f", detects {r['detectable']:.1%}" if r.get("detectable") is not None else ""
+    return f"{r['change']}{margin}{seen}"
 
 
 def format_table(head: tuple[str, ...], rows: list[tuple[str, ...]], numeric: tuple[int, ...] = (4, 5, 6)) -> list[str]:
@@ -98,7 +114,8 @@ def terminal_summary(reporter: Any, state: LlmserveSession) -> None:
         failed = sum(1 for e in state.results if not e.passed)
         reporter.write_line(f"{len(state.results)} checks: {len(state.results) - failed} passed, {failed} failed "
                             "(x marks a failing row)")
-        for line in format_table(ROW_HEAD, combined_rows(state)):
+        head, rows = _with_versus(combined_rows(state))
+        for line in format_table(head, rows):
             reporter.write_line(line, red=line.startswith("x "))
     if state.results and getattr(reporter, "verbosity", 0) > 0:  # the full tables, only when asked for
         for entry in state.results:
@@ -155,10 +172,52 @@ def write_reports(state: LlmserveSession) -> None:
         state.report_json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     if state.report_md:
         state.report_md.parent.mkdir(parents=True, exist_ok=True)
-        state.report_md.write_text(markdown_report(state))
+        state.report_md.write_text(markdown_report(state, ecdf_images(state)))
 
 
-def markdown_report(state: LlmserveSession) -> str:
+def gate_table(e: ResultEntry, image: Path | None, md_path: Path | None) -> list[str]:
+    """A failing SLO check's comparison with its stored baseline, with the ECDF figure when one was drawn."""
+    gate = e.data.get("baseline_gate") or []
+    if e.passed or not gate:
+        return []
+    ci = (lambda v, lo_hi: f"{_num(v)} [{_num(lo_hi[0])}, {_num(lo_hi[1])}]")  # noqa: E731
+    lines = ["", f"**Baseline comparison of `{_short(e.nodeid)}`** ({e.target}; interval of the change at "
+             f"{gate[0]['confidence']:.0%}, baseline/run at 95 %)", "",
+             "| metric | gated | baseline [95 % CI] | run [95 % CI] | n run/base | change [CI] | margin | detectable | "
+             "verdict |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for g in gate:
+        lo, hi = g["change_ci"]
+        change = f"{g['change']:+.1%} [{lo:+.1%}, {hi:+.1%}]" if lo == lo else f"{g['change']:+.1%}"
+        lines.append(f"| {g['metric']} | {'yes' if g['gated'] else 'info'} | {ci(g['baseline'], g['baseline_ci95'])} | "
+                     f"{ci(g['measured'], g['measured_ci95'])} | {g['requests'][1]}/{g['requests'][0]} | {change} | "
+                     f"{g['margin']:.0%} | {g['min_detectable']:.1%} | {g['verdict']} |")
+    if image is not None:
+        rel = image.relative_to(md_path.parent) if md_path is not None and image.is_relative_to(md_path.parent) else image
+        lines += ["", f"![ECDF of TTFT and per-request ITL, baseline vs run: {_short(e.nodeid)}]({rel.as_posix()})"]
+    return lines + [""]
+
+
+def ecdf_images(state: LlmserveSession) -> dict[str, Path]:
+    """PNG ECDFs (baseline vs run, TTFT and per-request ITL) of every failing check that kept samples."""
+    if not state.report_md or not state.ecdf_samples:
+        return {}
+    from .plots import save_ecdf_png
+
+    out = {}
+    folder = state.report_md.parent / f"{state.report_md.stem}-ecdf"
+    for e in state.results:
+        samples = state.ecdf_samples.get(e.nodeid)
+        if e.passed or samples is None:
+            continue
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in _short(e.nodeid))[:150]
+        try:
+            out[e.nodeid] = save_ecdf_png(samples, folder / f"{name}.png", title=f"{_short(e.nodeid)} ({e.target})")
+        except RuntimeError:  # matplotlib missing: the tables say it all
+            continue
+    return out
+
+
+def markdown_report(state: LlmserveSession, images: dict[str, Path] | None = None) -> str:
     """A pull-request comment: verdict line, one row per check (failing metrics named), details collapsed."""
     failed = [e for e in state.results if not e.passed]
     verdict = "❌" if failed or state.leftovers else "✅"
@@ -174,10 +233,11 @@ def markdown_report(state: LlmserveSession) -> str:
                             + f": {r['verdict']}" + (f" ({_clip(r['note'])})" if r.get("note") else "") for r in bad) or (
                 f"nothing ({len(entry_rows(e))} rows ok)" if e.passed else "see details")
             lines.append(f"| {'✅' if e.passed else '❌'} | {e.kind} | {e.target} | `{_short(e.nodeid)}` | {_md(why)} |")
-        rows = combined_rows(state)
+        head, rows = _with_versus(combined_rows(state))
+        for e in state.results:
+            lines += gate_table(e, (images or {}).get(e.nodeid), state.report_md)
         lines += ["", f"<details><summary>All metrics ({len(rows)} rows)</summary>", "",
-                  "| | target | test | metric | measured | limit | baseline | verdict |",
-                  "|---|---|---|---|---:|---|---:|---|"]
+                  "| " + " | ".join(head) + " |", "|---|---|---|---|---:|---|---:|" + ("---|" if len(head) > 8 else "") + "---|"]
         lines += [f"| {'❌' if r[0] else ''} | {_md(r[1])} | `{_md(r[2])}` | " + " | ".join(_md(c) for c in r[3:]) + " |"
                   for r in rows]
         lines += ["", "</details>", ""]

@@ -47,6 +47,9 @@ class LlmserveSession:
     collected_ids: set[str] = field(default_factory=set)
     leftovers: dict[str, list[int]] = field(default_factory=dict)
     optimisations: dict[str, Any] = field(default_factory=dict)
+    ecdf_samples: dict[str, Any] = field(default_factory=dict)  # nodeid → samples for the Markdown's ECDF figure
+    repeats_option: int | None = None  # --llmserve-repeats / LLMSERVE_REPEATS / llmserve_repeats
+    retries_option: int | None = None  # --llmserve-retries / LLMSERVE_RETRIES / llmserve_retries
     xdist_worker: str | None = None  # "gw0"... on an xdist worker, whose controller merges and reports
 
     @classmethod
@@ -86,6 +89,8 @@ class LlmserveSession:
             requests_override=options.resolve(pconfig, "llmserve_requests"),
             report_json=Path(json_path).resolve() if json_path else None,
             report_md=Path(md_path).resolve() if md_path else None,
+            repeats_option=options.resolve(pconfig, "llmserve_repeats"),
+            retries_option=options.resolve(pconfig, "llmserve_retries"),
         )
 
     def shutdown(self) -> None:
@@ -109,6 +114,23 @@ class LlmserveSession:
     def target_tolerances(self, target: Target) -> dict:
         """Project-wide tolerances overlaid with the target's own."""
         return {**self.config.tolerance, **target.tolerance}
+
+
+    def gate_settings(self, target: Target) -> Any:
+        """The baseline gate's settings for a target (project-wide, overlaid with the target's table)."""
+        return self.config.gate(target)
+
+    def repeats(self, gate: Any) -> int:
+        """Rounds to record: option (CLI > env > ini), else the config's baseline_gate.repeats, else 5."""
+        from .measure import DEFAULT_REPEATS
+
+        return next(v for v in (self.repeats_option, gate.repeats, DEFAULT_REPEATS) if v is not None)
+
+    def retries(self, gate: Any) -> int:
+        """Re-measurements of an invalid round: option, else baseline_gate.retries, else 2."""
+        from .measure import DEFAULT_RETRIES
+
+        return next(v for v in (self.retries_option, gate.retries, DEFAULT_RETRIES) if v is not None)
 
 
 def get_session(pconfig: pytest.Config) -> LlmserveSession:

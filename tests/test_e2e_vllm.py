@@ -30,6 +30,7 @@ client_cpus = "1"
 startup_timeout_s = 900
 concurrency = [2]
 slo = {{ ttft_p95_ms = 60000, e2e_p95_ms = 120000 }}
+baseline_gate = {{ margin = {{ ttft_p50_ms = 5.0, itl_p50_ms = 0.9, output_tok_s = 0.9 }}, budget_s = 10 }}
 tolerance = {{ ttft_p95_ms = {{ rel = 1000.0 }}, ttft_p50_ms = {{ rel = 1000.0 }}, ttft_p99_ms = {{ rel = 1000.0 }}, itl_p50_ms = {{ rel = 1000.0 }}, itl_p95_ms = {{ rel = 1000.0 }}, tpot_p95_ms = {{ rel = 1000.0 }}, e2e_p95_ms = {{ rel = 1000.0 }}, output_tok_s = {{ rel = 0.999 }}, requests_s = {{ rel = 0.999 }} }}
 """
 
@@ -67,8 +68,10 @@ def test_slo_suite_records_then_compares_baselines_on_the_real_cpu_vllm(tmp_path
     files = list(baseline.glob("*/e2e-vllm.json"))
     assert len(files) == 1
     entries = json.loads(files[0].read_text())["entries"]
-    (test_id, metrics), = entries.items()
+    (test_id, entry), = entries.items()
+    metrics = {m: v["value"] for m, v in entry["metrics"].items()}
     assert test_id.endswith("[e2e-vllm-c2]") and metrics["output_tok_s"] > 0 and metrics["ttft_p95_ms"] > 0
+    assert entry["repeats"] >= 5 and list(baseline.glob("*/e2e-vllm.samples.json.gz"))
     assert "baselines updated (old -> new)" in first.stdout
 
     recorded = files[0].read_text()
@@ -82,8 +85,11 @@ def test_slo_suite_records_then_compares_baselines_on_the_real_cpu_vllm(tmp_path
     (result,) = [r for r in report["results"] if r["kind"] == "slo"]
     assert result["passed"]
     stored = {r["metric"]: r for r in result["rows"] if r.get("baseline") is not None}
-    assert stored["output_tok_s"]["baseline"] == pytest.approx(metrics["output_tok_s"])
-    assert {r["verdict"] for r in stored.values()} <= {"ok", "improvement"}
+    assert stored["output_tok_s"]["baseline"] == pytest.approx(metrics["output_tok_s"], rel=1e-3)
+    # gated metrics pass or improve; the others' statistical verdicts are information, in parentheses
+    gated = {"ttft_p50_ms", "itl_p50_ms", "output_tok_s"}
+    assert {r["verdict"] for m, r in stored.items() if m in gated} <= {"ok", "improvement", "inconclusive"}
+    assert all(r["verdict"].startswith("(") for m, r in stored.items() if m not in gated)
     assert result["optimisations"]["graphs"]["state"] == "off"  # evidence attached to the SLO result
     assert "client self-check: ok" in result["table"]
     assert files[0].read_text() == recorded  # not rewritten without --update-baselines

@@ -173,7 +173,7 @@ def test_parallel_workers_update_one_baseline_file_and_the_controller_reports_ev
     pytester.makefile(".toml", llmserve=_config(truth_url))
     perf = "".join(LOAD_TEST.format(name=n) for n in "abcd") + CUSTOM_RECORD
     pytester.makepyfile(test_perf=perf, test_concurrent=CONCURRENT)
-    result = pytester.runpytest_subprocess("-n", "2", "-v", "--update-baselines",
+    result = pytester.runpytest_subprocess("-n", "2", "-v", "--update-baselines", "--llmserve-repeats", "1",
                                            "--llmserve-hardware", "fake:cpu-2c", "--benchmark-json", "bench.json",
                                            "--llmserve-report-json", "report.json")
     result.assert_outcomes(passed=7)

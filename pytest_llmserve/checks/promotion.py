@@ -158,6 +158,9 @@ def _decide(
                           alpha, beta, min_detectable, min_samples, need, verdict, reason, stored_se)
 
 
+decide = _decide  # the four-way verdict from a change interval; the baseline gate (baseline_gate.py) uses it too
+
+
 def _check_args(margin: float, alpha: float, beta: float) -> None:
     if margin <= 0:
         raise ValueError(f"margin={margin!r} must be a positive relative change, e.g. 0.10 for 10 %")

@@ -62,6 +62,10 @@ class SloRow:
     baseline: float | None
     allowed: float | None
     verdict: str
+    change: str = ""  # statistical baseline comparison: "+3.1% [-0.4%, +6.6%]"
+    margin: float | None = None
+    detectable: float | None = None  # smallest worsening this sample size flags at the configured power
+    n: str = ""  # "run/baseline" requests
 
     @property
     def failed(self) -> bool:
@@ -82,11 +86,16 @@ class SloReport:
         return not self.problems and not any(row.failed for row in self.rows)
 
     def render(self) -> str:
-        header = ("metric", "measured", "limit", "baseline", "allowed", "verdict")
+        header: tuple[str, ...] = ("metric", "measured", "limit", "baseline", "allowed", "verdict")
         body = [
             (r.metric, _fmt(r.measured), r.limit, _fmt(r.baseline), _fmt(r.allowed, prefix=_direction(r.metric)), r.verdict)
             for r in self.rows
         ]
+        if any(r.change for r in self.rows):  # compared statistically with the stored baseline
+            header += ("change [CI]", "margin", "detectable", "n run/base")
+            body = [b + (r.change or "-", f"{r.margin:.0%}" if r.margin is not None else "-",
+                         f"{r.detectable:.1%}" if r.detectable is not None else "-", r.n or "-")
+                    for b, r in zip(body, self.rows)]
         widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
         lines = [self.title]
         for line in [header, *body]:
@@ -129,8 +138,11 @@ class SloEvaluation:
             comp = by_metric.get(metric)
             if comp is not None and verdict == "ok" and comp.verdict != "ok":
                 verdict = comp.verdict
+            g = comp.gate if comp else None
             rows.append(SloRow(metric, measured, limit_text, comp.baseline if comp else None,
-                               comp.bound if comp else None, verdict))
+                               comp.bound if comp else None, verdict,
+                               *((g.change_text(), g.check.margin if g.gated else None, g.check.min_detectable,
+                                  f"{g.requests[1]}/{g.requests[0]}") if g is not None else ())))
         problems = [f"run invalid for SLO checks: {r}" for r in self.invalid_reasons] + gaps
         if any(r.verdict == "missing" for r in rows):
             problems.append(f"no baseline stored for this test on this hardware; {UPDATE_HINT}")
