@@ -52,6 +52,7 @@ def run_equivalence(server: ServerHandle, *, cache_dir: str | Path, default_prom
     started = time.perf_counter()
     target = target or server.target
     settings = settings or EquivalenceSettings.from_target(target)
+    device = settings.device or device
     if not target.model or not Path(target.model).exists():
         raise ReferenceError(f"target {target.name!r}: `model` must be the local checkpoint directory the "
                              f"reference loads (got {target.model!r})")

@@ -328,23 +328,45 @@ class ReferenceResult:
 
 def cached_reference(model_dir: str | Path, prompts: Sequence[Prompt], *, max_tokens: int, top_k: int,
                      cache_dir: str | Path, refresh: bool = False, device: str = "auto",
-                     batch_size: int = DEFAULT_BATCH_SIZE, dtype: str = "float32") -> ReferenceResult:
-    """The reference (or, with a lower `dtype`, the calibration) for these prompts: cached, or computed and stored."""
+                     batch_size: int = DEFAULT_BATCH_SIZE, dtype: str = "float32",
+                     isolate: bool | None = None) -> ReferenceResult:
+    """The reference (or, with a lower `dtype`, the calibration) for these prompts: cached, or computed and stored.
+
+    `isolate` runs Hugging Face in its own process (default: on CUDA devices, so its GPU memory is
+    freed before the server needs it). An fp32 miss first tries a reference of another device that
+    a spot check on this one agrees with (reference_worker.py).
+    """
+    from . import reference_worker as worker
+
     started = time.perf_counter()
     device = resolve_device(device)
+    isolate = device.startswith("cuda") if isolate is None else isolate
     key = reference_key(model_dir, prompts, max_tokens, top_k, device, dtype)
     suffix = "" if dtype == "float32" else f"-{dtype}"
     path = Path(cache_dir) / f"{Path(str(model_dir)).name or 'model'}{suffix}-{key.digest()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+
+    def compute(subset: Sequence[Prompt]) -> tuple[list[Continuation], int]:
+        ids = [p.token_ids for p in subset]
+        if isolate:
+            return worker.run_isolated(model_dir, ids, max_tokens=max_tokens, top_k=top_k, device=device,
+                                       batch_size=batch_size, dtype=dtype)
+        before = forward_passes()
+        conts = hf_greedy(model_dir, ids, max_tokens=max_tokens, top_k=top_k, device=device,
+                          batch_size=batch_size, dtype=dtype)
+        return conts, forward_passes() - before
+
     with FileLock(str(path) + ".lock"):
         if not refresh:
             stored = _read(path, key, len(prompts))
             if stored is not None:
                 return ReferenceResult(stored, key, path, True, 0, time.perf_counter() - started)
-        before = forward_passes()
-        conts = hf_greedy(model_dir, [p.token_ids for p in prompts], max_tokens=max_tokens, top_k=top_k,
-                          device=device, batch_size=batch_size, dtype=dtype)
-        passes = forward_passes() - before
+            if dtype == "float32":
+                reused = worker.reuse_other_device(path, key, prompts, compute)
+                if reused is not None:
+                    conts, passes = reused
+                    return ReferenceResult(conts, key, path, True, passes, time.perf_counter() - started)
+        conts, passes = compute(prompts)
         _write(path, key, prompts, conts, passes, time.perf_counter() - started)
     return ReferenceResult(tuple(conts), key, path, False, passes, time.perf_counter() - started)
 
@@ -365,13 +387,14 @@ def _read(path: Path, key: ReferenceKey, n_prompts: int) -> tuple[Continuation, 
 
 
 def _write(path: Path, key: ReferenceKey, prompts: Sequence[Prompt], conts: Sequence[Continuation],
-           passes: int, wall_s: float) -> None:
+           passes: int, wall_s: float, **made_by: Any) -> None:
     import platform
 
     data = {
         "schema": SCHEMA,
         "key": asdict(key),
-        "made_by": {"forward_passes": passes, "wall_s": round(wall_s, 2), "python": platform.python_version()},
+        "made_by": {"forward_passes": passes, "wall_s": round(wall_s, 2), "python": platform.python_version(),
+                    **made_by},
         "prompts": [
             {"id": p.id, "tokens": list(c.tokens), "top": [[[t, v] for t, v in step.items()] for step in c.top_logprobs],
              "logit_scale": list(c.logit_scale)}

@@ -65,7 +65,7 @@ DEFAULT_MAX_TOKENS = 64
 DEFAULT_MIN_EXACT_MATCH_RATE = 0.5  # legacy floor, applied only with `calibration = false`
 SETTINGS_KEYS = ("top_k", "max_tokens", "tolerance_nats", "tolerance_scale", "precision",
                  "min_exact_match_rate", "prompts", "calibration", "calibration_margin", "swing_margin", "alpha",
-                 "compute_precision", "weight_precision", "kv_cache_precision")
+                 "compute_precision", "weight_precision", "kv_cache_precision", "device")
 PRECISION_KEYS = ("compute_precision", "weight_precision", "kv_cache_precision")
 
 
@@ -140,6 +140,7 @@ class EquivalenceSettings:
     compute_precision: str | None = None
     weight_precision: str | None = None
     kv_cache_precision: str | None = None
+    device: str | None = None  # where the HF reference runs: auto | cpu | cuda | cuda:N (own process on CUDA)
 
     @property
     def exact_match_floor(self) -> float | None:
@@ -188,6 +189,9 @@ class EquivalenceSettings:
         alpha = raw.get("alpha")
         if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 0.5):
             raise ValueError(f"alpha = {alpha!r} must lie in (0, 0.5), e.g. 0.05")
+        device = raw.get("device")
+        if device is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(device)):
+            raise ValueError(f"device = {device!r} must be auto, cpu, cuda or cuda:N")
         parts = {key: normalize_precision(str(raw[key])) for key in PRECISION_KEYS if raw.get(key) not in (None, "")}
         return cls(
             top_k=raw.get("top_k", DEFAULT_TOP_K),
@@ -201,6 +205,7 @@ class EquivalenceSettings:
             calibration_margin=float(raw.get("calibration_margin", 1.5)),
             swing_margin=float(raw.get("swing_margin", 2.0)),
             alpha=float(alpha) if alpha is not None else 0.05,
+            device=device,
             **parts,
         )
 
