@@ -99,6 +99,32 @@ def run_case(case: str, reruns: int, prompts: int | None) -> list[dict]:
     return rows
 
 
+NOISE_GRID = ((0, 0.25, "mlp"), (2, 0.25, "mlp"), (2, 0.5, "mlp"), (2, 1.0, "mlp"), (4, 0.25, "mlp"),
+              (1, 0.25, ""), (2, 0.25, "self_attn"))
+
+
+def hf_grid() -> None:
+    """Noise grid on the held-out model with HF bf16 standing in for the engine (no server; cf. the CPU vLLM's 1.0x)."""
+    from pytest_llmserve.checks.calibration import calibrate
+    from pytest_llmserve.reference import cached_reference, hf_greedy, load_prompts
+
+    ensure_heldout()
+    prompts = load_prompts(HELDOUT_PROMPTS, HELDOUT)
+    ref = cached_reference(HELDOUT, prompts, max_tokens=64, top_k=5, cache_dir=CACHE, device="cpu").continuations
+    cal = cached_reference(HELDOUT, prompts, max_tokens=64, top_k=5, cache_dir=CACHE, device="cpu",
+                           dtype="bfloat16").continuations
+    print("| noise (x std) | layer | tensors | div/token ratio | drift ratio | top-k drift ratio | verdict |")
+    print("|---|---|---|---|---|---|---|")
+    for layer, scale, part in NOISE_GRID:
+        tmp = Path(tempfile.mkdtemp(prefix="eq-grid-"))
+        broken_weights.noise_layer(HELDOUT, tmp / "m", layer=layer, scale=scale, part=part)
+        eng = hf_greedy(tmp / "m", [p.token_ids for p in prompts], max_tokens=64, top_k=5, dtype="bfloat16")
+        c = calibrate(ref, eng, cal, label="HF bf16")
+        ratios = [f"{t.ratio:.2f}" + (" *" if t.failed else "") for t in c.tests]
+        print(f"| {scale:g} | {layer} | {part or 'all'} | {' | '.join(ratios)} | {'pass' if c.passed else 'FAIL'} |",
+              flush=True)
+
+
 def table(rows: list[dict]) -> None:
     head = ["case", "run", "conc", "exact", "ties", "hard", "div/token e | c", "drift e | c", "top-k drift e | c",
             "verdict", "wall s"]
@@ -128,7 +154,11 @@ def main() -> None:
     ap.add_argument("--reruns", type=int, default=1, help="comparisons per server (different concurrency)")
     ap.add_argument("--prompts", type=int, default=None, help="first N prompts (default all 64)")
     ap.add_argument("--table", action="store_true", help="print the table of benchmarks/heldout/results.jsonl")
+    ap.add_argument("--hf-grid", action="store_true", help="noise grid with HF bf16 as the engine (no server)")
     args = ap.parse_args()
+    if args.hf_grid:
+        hf_grid()
+        return
     for case in args.case or []:
         run_case(case, args.reruns, args.prompts)
     if args.table or not args.case:
