@@ -153,7 +153,9 @@ def clustered_binary(rng: np.random.Generator, passages: int, length: int, acc: 
         a = rng.beta(acc * 20, (1 - acc) * 20)
         churn = rng.beta(disc * concentration, (1 - disc) * concentration) if disc > 0 else 0.0
         extra = rng.beta(drop * concentration, (1 - drop) * concentration) if drop > 0 else 0.0
-        b, c = paired_binary(rng, length, max(a, churn / 2 + extra + 1e-9), churn, extra)
+        churn, extra = min(churn, 0.5), min(extra, 0.25)
+        a = min(max(a, churn / 2 + extra), 1 - churn / 2)  # keep the four cell probabilities in [0, 1]
+        b, c = paired_binary(rng, length, a, churn, extra)
         perm = rng.permutation(length)
         base.append(b[perm]), cand.append(c[perm]), groups.append(np.full(length, g))
     return np.concatenate(base), np.concatenate(cand), np.concatenate(groups)
