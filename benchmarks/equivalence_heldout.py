@@ -126,8 +126,8 @@ def hf_grid() -> None:
 
 
 def table(rows: list[dict]) -> None:
-    head = ["case", "run", "conc", "exact", "ties", "hard", "div/token e | c", "drift e | c", "top-k drift e | c",
-            "verdict", "wall s"]
+    head = ["case", "run", "conc", "exact", "ties", "hard", "div/token engine / HF bf16", "drift engine / HF bf16",
+            "top-k drift engine / HF bf16", "verdict", "wall s"]
     out = [head]
     for r in rows:
         s = r["stats"]
@@ -136,15 +136,17 @@ def table(rows: list[dict]) -> None:
             if name not in s:
                 return "-"
             e, c, failed = s[name]
-            return f"{e:.4f} | {c:.4f}" + (" *" if failed else "")
+            return f"{e:.4f} / {c:.4f}" + (" *" if failed else "")
 
         verdict = "pass" if r["passed"] else "FAIL"
         out.append([r["case"], str(r["run"]), str(r["concurrency"]), f"{r['exact']}/{r['prompts']}", str(r["near_ties"]),
                     str(r["hard"]), pair("divergence per token"), pair("chosen-token drift"), pair("top-k drift"),
                     verdict, f"{r['wall_s']:.1f}"])
     widths = [max(len(x[j]) for x in out) for j in range(len(head))]
-    for x in out:
+    for k, x in enumerate(out):
         print("| " + " | ".join(c.ljust(w) for c, w in zip(x, widths)) + " |")
+        if k == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     print("(* = that statistic failed its test)")
 
 
