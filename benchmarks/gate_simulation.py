@@ -7,7 +7,10 @@
     churn `disc` of items flip either way (as measured: 47 of 5,120 = 0.9 %), plus `drop` extra losses;
 (b) promotion gate: lognormal latencies (plus a floor) with a p95 regression made by scaling
     the whole distribution, and a Welch comparison of few-run throughput means;
-(c) comparison with a stored summary value, showing why the stored value's noise (its SE) matters.
+(c) comparison with a stored summary value, showing why the stored value's noise (its SE) matters;
+(d) accuracy gate with *clustered* flips (positions of a passage share a flip rate, as FP8 flips do):
+    items treated as independent vs the passage bootstrap (groups=), false alarms, power, effective n,
+    and how often a task is inconclusive (cannot detect 3 pp).
 Each rate carries its Monte Carlo standard error.
 """
 
@@ -141,11 +144,59 @@ def stored_table(sims: int, seed: int) -> None:
     table("(c) candidate vs a stored p95 value, no change (σ=0.5)", ["stored value", "n", "false alarm"], rows)
 
 
+def clustered_binary(rng: np.random.Generator, passages: int, length: int, acc: float, disc: float, drop: float,
+                     concentration: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paired 0/1 outcomes in passages: each passage draws its churn and extra-loss rates from Beta
+    distributions with means disc and drop (smaller `concentration` = more clustered), and its base accuracy."""
+    base, cand, groups = [], [], []
+    for g in range(passages):
+        a = rng.beta(acc * 20, (1 - acc) * 20)
+        churn = rng.beta(disc * concentration, (1 - disc) * concentration) if disc > 0 else 0.0
+        extra = rng.beta(drop * concentration, (1 - drop) * concentration) if drop > 0 else 0.0
+        churn, extra = min(churn, 0.5), min(extra, 0.25)
+        a = min(max(a, churn / 2 + extra), 1 - churn / 2)  # keep the four cell probabilities in [0, 1]
+        b, c = paired_binary(rng, length, a, churn, extra)
+        perm = rng.permutation(length)
+        base.append(b[perm]), cand.append(c[perm]), groups.append(np.full(length, g))
+    return np.concatenate(base), np.concatenate(cand), np.concatenate(groups)
+
+
+def clustered_tables(sims: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rows = []
+    passages, length = 40, 128  # the shape of the bundled next_token task: 40 passages x 128 positions
+    for concentration in (1000.0, 20.0, 5.0):
+        for disc in (0.01, 0.04):
+            cases = {"null δ=0": (0.0, 0.0), "drop=δ=1pp": (0.01, 0.01), "drop 3pp": (0.03, 0.01), "drop 5pp": (0.05, 0.01)}
+            fails = {(c, mode): 0 for c in cases for mode in ("iid", "cluster")}
+            inconclusive = 0
+            deff, neff = [], []
+            for _ in range(sims):
+                for name, (drop, tol) in cases.items():
+                    b, c, g = clustered_binary(rng, passages, length, 0.4, disc, drop, concentration)
+                    iid = accuracy_gate(b, c, tolerance=tol, alpha=ALPHA, beta=BETA, seed=rng, n_resamples=1000)
+                    cl = accuracy_gate(b, c, tolerance=tol, alpha=ALPHA, beta=BETA, seed=rng, n_resamples=1000,
+                                       groups=g, require_detectable=0.03 if tol > 0 else None)
+                    fails[(name, "iid")] += iid.verdict == "fail"
+                    fails[(name, "cluster")] += cl.verdict == "fail"
+                    if name == "drop=δ=1pp":
+                        inconclusive += cl.verdict == "inconclusive"
+                        deff.append(cl.design_effect)
+                        neff.append(cl.effective_n)
+            rows.append([f"{concentration:g}", disc] + [f"{rate(fails[(c, 'iid')], sims)} | {rate(fails[(c, 'cluster')], sims)}"
+                                                       for c in cases]
+                        + [f"{np.mean(deff):.2f}", f"{np.mean(neff):.0f}", rate(inconclusive, sims)])
+    table(f"(d) accuracy gate, clustered flips: {passages} passages x {length} positions, {sims} simulations per cell; "
+          "each cell 'items independent | passage bootstrap'; columns 3-4 must be ≤ α "
+          "(concentration: Beta concentration of the per-passage rates, lower = more clustered)",
+          ["conc", "disc", "null δ=0", "drop=δ=1pp", "drop 3pp", "drop 5pp", "deff", "eff. n", "inconcl@δ"], rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sims", type=int, default=1000, help="simulations per cell")
     ap.add_argument("--seed", type=int, default=2026)
-    ap.add_argument("--only", choices=["accuracy", "promotion", "stored"], default=None)
+    ap.add_argument("--only", choices=["accuracy", "promotion", "stored", "clustered"], default=None)
     args = ap.parse_args()
     t0 = time.perf_counter()
     if args.only in (None, "accuracy"):
@@ -154,6 +205,8 @@ def main() -> None:
         promotion_tables(args.sims, args.seed + 1)
     if args.only in (None, "stored"):
         stored_table(args.sims, args.seed + 2)
+    if args.only in (None, "clustered"):
+        clustered_tables(args.sims, args.seed + 3)
     print(f"\n{time.perf_counter() - t0:.1f} s, seed {args.seed}")
 
 

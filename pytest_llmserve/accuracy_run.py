@@ -19,6 +19,12 @@ from .precision import PrecisionInfo, precision_of
 from .stats import Interval, paired_bootstrap_mean_diff_ci
 
 DEFAULT_TOLERANCE = 0.01  # δ: 1 percentage point of accuracy may be lost by design (FP8's usual budget)
+DEFAULT_DETECTABLE_FACTOR = 3.0  # a task must detect (power 1 − β) a drop of 3·δ, else it is inconclusive
+
+
+def item_group(item_id: str) -> str:
+    """The cluster an item belongs to: next_token positions "passage@pos" group by passage; others stand alone."""
+    return item_id.rsplit("@", 1)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +68,8 @@ class AccuracyComparison:
         if self.references:
             lines.append("  stored references (TensorRT-LLM-style unpaired threshold):")
             lines += [f"    {r.render()}" for r in self.references]
+        if self.gate.verdict == "inconclusive":
+            lines.append("  INCONCLUSIVE: too few effective items to detect the required drop (not a pass)")
         if not self.passed and self.gate.passed:
             lines.append("  FAIL: a stored reference regressed although the paired gate passed")
         return "\n".join(lines)
@@ -104,10 +112,17 @@ def score_server(handle: Any, task: Task, concurrency: int = DEFAULT_CONCURRENCY
 
 
 def compare_scored(task: Task, baseline: ScoredTarget, candidate: ScoredTarget, *, tolerance: float = DEFAULT_TOLERANCE,
-                   alpha: float = 0.05, beta: float = 0.2, references: AccuracyReferences | None = None) -> AccuracyComparison:
-    """Gate already-scored targets: paired accuracy delta, log-likelihood delta, references."""
+                   alpha: float = 0.05, beta: float = 0.2, references: AccuracyReferences | None = None,
+                   require_detectable: float | None = None) -> AccuracyComparison:
+    """Gate already-scored targets: paired accuracy delta (bootstrap over passages), log-likelihood delta, references.
+
+    `require_detectable` (default 3·δ): a task whose effective n cannot detect a drop that large is inconclusive.
+    """
     base_ok, cand_ok = paired_arrays(baseline.scores, candidate.scores, "correct")
-    gate = accuracy_gate(base_ok, cand_ok, metric=f"{task.name} accuracy", tolerance=tolerance, alpha=alpha, beta=beta)
+    groups = [item_group(i.id) for i in baseline.scores.items]
+    detectable = require_detectable if require_detectable is not None else DEFAULT_DETECTABLE_FACTOR * tolerance
+    gate = accuracy_gate(base_ok, cand_ok, metric=f"{task.name} accuracy", tolerance=tolerance, alpha=alpha, beta=beta,
+                         groups=groups, require_detectable=detectable if detectable > tolerance else None)
     base_ll, cand_ll = paired_arrays(baseline.scores, candidate.scores, "loglik")
     ll = paired_bootstrap_mean_diff_ci(cand_ll, base_ll, confidence=1 - 2 * alpha)
     rows: tuple[ReferenceRow, ...] = ()
@@ -120,11 +135,18 @@ def compare_scored(task: Task, baseline: ScoredTarget, candidate: ScoredTarget, 
 
 def compare_targets(baseline: Any, candidate: Any, tasks: Sequence[Task], *, tolerance: float = DEFAULT_TOLERANCE,
                     alpha: float = 0.05, beta: float = 0.2, concurrency: int = DEFAULT_CONCURRENCY,
-                    references: AccuracyReferences | None = None) -> list[AccuracyComparison]:
-    """Score both servers on every task (each server scored afresh, even when it is the same one) and gate."""
+                    references: AccuracyReferences | None = None,
+                    require_detectable: float | None = None) -> list[AccuracyComparison]:
+    """Score both servers on every task and gate each at α/m (Bonferroni over the m tasks).
+
+    Multiplicity: the suite fails when any task fails, so each of m tasks is tested at α/m and the
+    chance that a change within δ fails somewhere stays ≤ α (and power is that of α/m per task).
+    """
     out = []
+    per_task = alpha / max(1, len(tasks))
     for task in tasks:
         base = score_server(baseline, task, concurrency)
         cand = score_server(candidate, task, concurrency)
-        out.append(compare_scored(task, base, cand, tolerance=tolerance, alpha=alpha, beta=beta, references=references))
+        out.append(compare_scored(task, base, cand, tolerance=tolerance, alpha=per_task, beta=beta,
+                                  references=references, require_detectable=require_detectable))
     return out

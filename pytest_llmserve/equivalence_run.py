@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .checks.calibration import calibrate
 from .checks.equivalence import Continuation, EquivalenceReport, compare_all
-from .checks.near_tie import EquivalenceSettings, ToleranceModel, precision_of
+from .checks.near_tie import EquivalenceSettings, ToleranceModel
+from .checks.precision_parts import precision_parts
 from .config import Target
 from .reference import (ReferenceError, ReferenceResult, cached_reference, decoder, fit_prompts, load_prompts,
                         n_layers)
@@ -24,6 +26,7 @@ class EquivalenceRun:
     report: EquivalenceReport
     reference: ReferenceResult
     candidates: tuple[Continuation, ...]
+    calibration: ReferenceResult | None
     server_s: float
     total_s: float
     decode: Callable[[Sequence[int]], str] | None
@@ -33,7 +36,10 @@ class EquivalenceRun:
 
     def data(self) -> dict:
         """Numbers for ResultEntry.data / the JSON report."""
+        cal = self.calibration
         return {**self.report.to_dict(), "reference_from_cache": self.reference.from_cache,
+                "calibration_from_cache": cal.from_cache if cal else None,
+                "calibration_s": round(cal.wall_s, 3) if cal else None,
                 "reference_forward_passes": self.reference.forward_passes,
                 "reference_s": round(self.reference.wall_s, 3), "server_s": round(self.server_s, 3),
                 "total_s": round(self.total_s, 3), "reference_file": str(self.reference.path)}
@@ -41,11 +47,12 @@ class EquivalenceRun:
 
 def run_equivalence(server: ServerHandle, *, cache_dir: str | Path, default_prompts: str | Path | None = None,
                     refresh: bool = False, target: Target | None = None, settings: EquivalenceSettings | None = None,
-                    limit: int | None = None, device: str = "auto") -> EquivalenceRun:
+                    limit: int | None = None, device: str = "auto", concurrency: int | None = None) -> EquivalenceRun:
     """Compare `server` with the Hugging Face reference of `target.model` (default: the server's own target)."""
     started = time.perf_counter()
     target = target or server.target
     settings = settings or EquivalenceSettings.from_target(target)
+    device = settings.device or device
     if not target.model or not Path(target.model).exists():
         raise ReferenceError(f"target {target.name!r}: `model` must be the local checkpoint directory the "
                              f"reference loads (got {target.model!r})")
@@ -56,21 +63,44 @@ def run_equivalence(server: ServerHandle, *, cache_dir: str | Path, default_prom
                                  cache_dir=cache_dir, refresh=refresh, device=device)
     t0 = time.perf_counter()
     candidates = fetch_greedy(server.base_url, server.model, [p.token_ids for p in prompts],
-                              max_tokens=settings.max_tokens, top_k=settings.top_k)
+                              max_tokens=settings.max_tokens, top_k=settings.top_k,
+                              **({"concurrency": concurrency} if concurrency else {}))
     server_s = time.perf_counter() - t0
-    precision = settings.precision or precision_of(target, server.log_text() if server.target.kind == "vllm" else "")
-    tolerance = ToleranceModel(precision, n_layers(target.model),
-                               settings.tolerance_scale, settings.tolerance_nats)
+    log_text = server.log_text() if server.target.kind == "vllm" else ""
+    parts = precision_parts(target, log_text)
+    layers = n_layers(target.model)
     notes = [f"prompts: {prompt_file}" + (f" ({cut} cut to fit the server's maximum length)" if cut else ""),
              f"reference: {'cached' if reference.from_cache else 'computed'} {reference.path.name}"]
+    calibration, calibration_run = None, None
+    tolerance = ToleranceModel(parts.coarsest(), layers, settings.tolerance_scale, settings.tolerance_nats)
+    if settings.calibration:
+        cal_dtype = parts.calibration_dtype()
+        if cal_dtype is None:  # float32 compute: the reference is its own calibration (the floors decide)
+            cal_conts, label = reference.continuations, "HF float32 (= reference)"
+        else:
+            calibration_run = cached_reference(target.model, prompts, max_tokens=settings.max_tokens,
+                                               top_k=settings.top_k, cache_dir=cache_dir, refresh=refresh,
+                                               device=device, dtype=cal_dtype)
+            cal_conts = calibration_run.continuations
+            label = f"HF {cal_dtype} ({calibration_run.key.device})"
+            notes.append(f"calibration: {'cached' if calibration_run.from_cache else 'computed'} "
+                         f"{calibration_run.path.name}")
+        calibration = calibrate(reference.continuations, candidates, cal_conts, label=label,
+                                margin=settings.calibration_margin, swing_margin=settings.swing_margin,
+                                alpha=settings.alpha, uncovered=parts.uncovered(), exact=cal_dtype is None)
+        if settings.tolerance_nats is None and calibration.swing_units > 0:
+            tolerance = ToleranceModel(parts.coarsest(), layers, settings.tolerance_scale, None,
+                                       calibrated_units=calibration.swing_units, uncovered=parts.uncovered())
     report = compare_all(target.name, [(p.id, p.token_ids) for p in prompts], reference.continuations, candidates,
                          tolerance, top_k=settings.top_k, max_tokens=settings.max_tokens,
-                         min_exact_match_rate=settings.min_exact_match_rate, notes=notes)
+                         min_exact_match_rate=settings.exact_match_floor, notes=notes, calibration=calibration,
+                         precision_lines=parts.lines())
     try:
         decode = decoder(target.model)
     except Exception:  # noqa: BLE001  (no tokenizer: the report shows token ids instead)
         decode = None
-    return EquivalenceRun(report, reference, tuple(candidates), server_s, time.perf_counter() - started, decode)
+    return EquivalenceRun(report, reference, tuple(candidates), calibration_run, server_s,
+                          time.perf_counter() - started, decode)
 
 
 def _prompt_file(target: Target, settings: EquivalenceSettings, default: str | Path | None) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -202,12 +201,13 @@ class ReferenceKey:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:20]
 
 
-def reference_key(model_dir: str | Path, prompts: Sequence[Prompt], max_tokens: int, top_k: int, device: str) -> ReferenceKey:
+def reference_key(model_dir: str | Path, prompts: Sequence[Prompt], max_tokens: int, top_k: int, device: str,
+                  dtype: str = "float32") -> ReferenceKey:
     import torch
     import transformers
 
     return ReferenceKey(weights_sha256(model_dir), prompts_sha256(prompts), max_tokens, top_k,
-                        transformers.__version__, torch.__version__, _device_label(device))
+                        transformers.__version__, torch.__version__, _device_label(device), dtype)
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -229,19 +229,23 @@ def _device_label(device: str) -> str:
 
 # ----------------------------------------------------------------------------- the runner
 def hf_greedy(model_dir: str | Path, prompts: Sequence[Sequence[int]], *, max_tokens: int, top_k: int,
-              device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE) -> list[Continuation]:
-    """Greedy continuations with fp32 top-k logprobs and |logit| scale, batched with left padding."""
+              device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE, dtype: str = "float32") -> list[Continuation]:
+    """Greedy continuations with top-k logprobs (softmax in fp32) and |logit| scale, batched with left padding.
+
+    `dtype` is the compute precision: float32 for the reference, bfloat16/float16 for the calibration.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(_local_dir(model_dir)), dtype=torch.float32).to(device).eval()
+    torch_dtype = getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(_local_dir(model_dir)), dtype=torch_dtype).to(device).eval()
     handle = model.register_forward_pre_hook(FORWARD_PASSES.hook)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     # Longest prompts share a batch: left padding stays short (order is restored below).
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[Continuation | None] = [None] * len(prompts)
     try:
-        with _fp32_matmul(device), torch.inference_mode():
+        with _fp32_matmul(device if dtype == "float32" else "cpu"), torch.inference_mode():
             for chunk in _batches(order, batch_size):
                 results = _greedy_batch(model, [list(prompts[i]) for i in chunk], max_tokens, top_k, pad, device)
                 for i, result in zip(chunk, results):
@@ -323,22 +327,45 @@ class ReferenceResult:
 
 def cached_reference(model_dir: str | Path, prompts: Sequence[Prompt], *, max_tokens: int, top_k: int,
                      cache_dir: str | Path, refresh: bool = False, device: str = "auto",
-                     batch_size: int = DEFAULT_BATCH_SIZE) -> ReferenceResult:
-    """The reference for these prompts: read from the cache, or computed and stored (always when `refresh`)."""
+                     batch_size: int = DEFAULT_BATCH_SIZE, dtype: str = "float32",
+                     isolate: bool | None = None) -> ReferenceResult:
+    """The reference (or, with a lower `dtype`, the calibration) for these prompts: cached, or computed and stored.
+
+    `isolate` runs Hugging Face in its own process (default: on CUDA devices, so its GPU memory is
+    freed before the server needs it). An fp32 miss first tries a reference of another device that
+    a spot check on this one agrees with (reference_worker.py).
+    """
+    from . import reference_worker as worker
+
     started = time.perf_counter()
     device = resolve_device(device)
-    key = reference_key(model_dir, prompts, max_tokens, top_k, device)
-    path = Path(cache_dir) / f"{Path(str(model_dir)).name or 'model'}-{key.digest()}.json"
+    isolate = device.startswith("cuda") if isolate is None else isolate
+    key = reference_key(model_dir, prompts, max_tokens, top_k, device, dtype)
+    suffix = "" if dtype == "float32" else f"-{dtype}"
+    path = Path(cache_dir) / f"{Path(str(model_dir)).name or 'model'}{suffix}-{key.digest()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+
+    def compute(subset: Sequence[Prompt]) -> tuple[list[Continuation], int]:
+        ids = [p.token_ids for p in subset]
+        if isolate:
+            return worker.run_isolated(model_dir, ids, max_tokens=max_tokens, top_k=top_k, device=device,
+                                       batch_size=batch_size, dtype=dtype)
+        before = forward_passes()
+        conts = hf_greedy(model_dir, ids, max_tokens=max_tokens, top_k=top_k, device=device,
+                          batch_size=batch_size, dtype=dtype)
+        return conts, forward_passes() - before
+
     with lock_for(path):
         if not refresh:
             stored = _read(path, key, len(prompts))
             if stored is not None:
                 return ReferenceResult(stored, key, path, True, 0, time.perf_counter() - started)
-        before = forward_passes()
-        conts = hf_greedy(model_dir, [p.token_ids for p in prompts], max_tokens=max_tokens, top_k=top_k,
-                          device=device, batch_size=batch_size)
-        passes = forward_passes() - before
+            if dtype == "float32":
+                reused = worker.reuse_other_device(path, key, prompts, compute)
+                if reused is not None:
+                    conts, passes = reused
+                    return ReferenceResult(conts, key, path, True, passes, time.perf_counter() - started)
+        conts, passes = compute(prompts)
         _write(path, key, prompts, conts, passes, time.perf_counter() - started)
     return ReferenceResult(tuple(conts), key, path, False, passes, time.perf_counter() - started)
 
@@ -359,13 +386,14 @@ def _read(path: Path, key: ReferenceKey, n_prompts: int) -> tuple[Continuation, 
 
 
 def _write(path: Path, key: ReferenceKey, prompts: Sequence[Prompt], conts: Sequence[Continuation],
-           passes: int, wall_s: float) -> None:
+           passes: int, wall_s: float, **made_by: Any) -> None:
     import platform
 
     data = {
         "schema": SCHEMA,
         "key": asdict(key),
-        "made_by": {"forward_passes": passes, "wall_s": round(wall_s, 2), "python": platform.python_version()},
+        "made_by": {"forward_passes": passes, "wall_s": round(wall_s, 2), "python": platform.python_version(),
+                    **made_by},
         "prompts": [
             {"id": p.id, "tokens": list(c.tokens), "top": [[[t, v] for t, v in step.items()] for step in c.top_logprobs],
              "logit_scale": list(c.logit_scale)}
@@ -378,30 +406,9 @@ def _write(path: Path, key: ReferenceKey, prompts: Sequence[Prompt], conts: Sequ
 # ----------------------------------------------------------------------------- perturbed copies
 def make_perturbed_model(src: str | Path, dst: str | Path, layer: int, scale: float, seed: int = 0) -> Path:
     """Copy a checkpoint with decoder layer `layer`'s weights noised by `scale` x each tensor's std (a 'broken build')."""
-    import torch
-    from safetensors.torch import load_file, save_file
+    from .testing.broken_weights import BrokenWeightsError, noise_layer
 
-    src, dst = Path(src), Path(dst)
-    weights = sorted(src.glob("*.safetensors"))
-    if not weights:
-        raise ReferenceError(f"{src}: no *.safetensors to perturb")
-    dst.mkdir(parents=True, exist_ok=True)
-    for path in src.iterdir():
-        if path.is_file() and path.suffix != ".safetensors":
-            shutil.copy2(path, dst / path.name)
-    generator = torch.Generator().manual_seed(seed)
-    prefix = f".layers.{layer}."
-    touched = 0
-    for path in weights:
-        tensors = load_file(str(path))
-        for name in sorted(tensors):
-            if prefix in name and tensors[name].is_floating_point():
-                t = tensors[name].float()
-                noise = torch.randn(t.shape, generator=generator) * (scale * float(t.std()) if t.numel() > 1 else scale)
-                tensors[name] = (t + noise).to(tensors[name].dtype)
-                touched += 1
-        save_file(tensors, str(dst / path.name), metadata={"format": "pt"})
-    if not touched:
-        raise ReferenceError(f"{src}: no tensor names contain {prefix!r}; pick a layer in range")
-    return dst
-
+    try:
+        return noise_layer(src, dst, layer=layer, scale=scale, seed=seed, min_dim=1)
+    except BrokenWeightsError as exc:
+        raise ReferenceError(f"{exc}; pick a layer in range") from None

@@ -1,7 +1,9 @@
 """Ready-made token-equivalence gate: each selected target's greedy output against the HF fp32 reference.
 
 Settings come from the target's `options.equivalence` table (top_k, max_tokens, tolerance_nats,
-tolerance_scale, precision, min_exact_match_rate, prompts); the reference is cached under
+tolerance_scale, precision, min_exact_match_rate, prompts, calibration, calibration_margin, swing_margin,
+alpha, compute_precision, weight_precision, kv_cache_precision); the reference (fp32) and the calibration
+(HF in the engine's compute precision) are cached under
 `<baselines_dir>/reference/` and recomputed with --update-baselines.
 """
 

@@ -8,10 +8,13 @@ Configure the candidate (e.g. FP8) target with the name of its reference (e.g. B
     options = { accuracy_reference = "llama8b-bf16",
                 accuracy_tasks = ["tasks/next_token.jsonl"],   # default: fixtures/tasks/*.jsonl
                 accuracy_tolerance = 0.01,                      # δ, tolerated drop (0.01 = 1 pp)
-                accuracy_alpha = 0.05, accuracy_beta = 0.2, accuracy_concurrency = 4 }
+                accuracy_alpha = 0.05, accuracy_beta = 0.2, accuracy_concurrency = 4,
+                accuracy_detectable = 0.03 }                   # default 3·δ; smaller needs more items
 
 Both servers are scored on the same items through their APIs; the paired gate fails when the
-candidate is worse than the reference by more than δ at level α. The bundled tasks are tokenized
+candidate is worse than the reference by more than δ at level α/m over m tasks (Bonferroni); the
+bootstrap resamples passages (positions of one passage are correlated) and reports the effective n;
+a task that cannot detect a drop of `accuracy_detectable` at power 1 − β is inconclusive (fails). The bundled tasks are tokenized
 for the tiny model in fixtures/; for your model build tasks with fixtures/make_tasks.py --model.
 Absolute scores are kept in <baselines_dir>/<hardware>/accuracy/<model>.json (--update-baselines).
 Targets without `accuracy_reference` are skipped.
@@ -75,6 +78,8 @@ def test_precision_change_keeps_accuracy(request, llm_target, llm_servers):
             tolerance=_number(llm_target, "accuracy_tolerance", DEFAULT_TOLERANCE),
             alpha=_number(llm_target, "accuracy_alpha", 0.05), beta=_number(llm_target, "accuracy_beta", 0.2),
             concurrency=int(_number(llm_target, "accuracy_concurrency", DEFAULT_CONCURRENCY)), references=references,
+            require_detectable=_number(llm_target, "accuracy_detectable",
+                                       3 * _number(llm_target, "accuracy_tolerance", DEFAULT_TOLERANCE)),
         )
     except (PrecisionUnknown, ValueError, RuntimeError) as exc:  # precision unknown, scoring errors, bad options
         pytest.fail(f"{llm_target.name} vs {reference_name}: {exc}", pytrace=False)
@@ -85,7 +90,8 @@ def test_precision_change_keeps_accuracy(request, llm_target, llm_servers):
         session.results.append(ResultEntry(request.node.nodeid, llm_target.name, "accuracy", comp.passed, table, comp.data()))
     report = "\n\n".join(tables)
     print(report)
-    failed = [c.task.name for c in comparisons if not c.passed]
+    failed = [c.task.name + (" (inconclusive)" if c.gate.verdict == "inconclusive" else "")
+              for c in comparisons if not c.passed]
     if failed:
         pytest.fail(f"accuracy of {llm_target.name} vs {reference_name} failed on {', '.join(failed)}:\n{report}",
                     pytrace=False)

@@ -84,10 +84,10 @@ def test_lower_is_better_metric_fails_when_it_rises():
     assert better.verdict == "pass" and better.drop < 0
 
 
-def test_underpowered_gate_fails_when_a_detectable_drop_is_required_and_says_how_many_items():
+def test_underpowered_gate_is_inconclusive_when_a_detectable_drop_is_required_and_says_how_many_items():
     rng = np.random.default_rng(5)
     small = accuracy_gate(*paired_binary(rng, 200, 0.4, 0.1, 0.0), require_detectable=0.03)
-    assert small.verdict == "fail" and "underpowered" in small.reason
+    assert small.verdict == "inconclusive" and "underpowered" in small.reason and not small.passed
     need = int(small.reason.rsplit("about ", 1)[1].split()[0])
     big = accuracy_gate(*paired_binary(rng, int(need * 1.3), 0.4, 0.1, 0.0), require_detectable=0.03)
     assert big.verdict == "pass" and big.min_detectable_drop <= 0.03
@@ -156,3 +156,25 @@ def test_result_is_a_frozen_dataclass():
     assert isinstance(r, AccuracyGateResult)
     with pytest.raises(AttributeError):
         r.verdict = "pass"  # type: ignore[misc]
+
+
+def test_flips_clustered_in_passages_widen_the_interval_and_shrink_the_effective_n():
+    # 40 passages x 128 positions; 4 passages lose 12 positions each, the others none: clustered losses
+    rng = np.random.default_rng(11)
+    base = (rng.random(40 * 128) < 0.4).astype(float)
+    cand = base.copy()
+    groups = np.repeat(np.arange(40), 128)
+    for g in range(4):
+        hit = np.flatnonzero((groups == g) & (base == 1))[:12]
+        cand[hit] = 0.0
+    iid = accuracy_gate(base, cand, tolerance=0.0)
+    clustered = accuracy_gate(base, cand, tolerance=0.0, groups=groups)
+    assert iid.verdict == "fail"  # 48 losses, 0 wins: decisive if the positions were independent
+    assert clustered.n_clusters == 40 and clustered.design_effect > 2 and clustered.effective_n < 0.5 * clustered.n
+    assert clustered.delta.low < iid.delta.low and clustered.min_detectable_drop > iid.min_detectable_drop
+    assert "40 clusters" in clustered.render() and "effective n" in clustered.render()
+
+
+def test_group_labels_must_match_the_items():
+    with pytest.raises(ValueError, match="one label per item"):
+        accuracy_gate([1, 0, 1, 1], [1, 0, 1, 0], groups=["a", "b"])

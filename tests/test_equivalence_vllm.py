@@ -118,10 +118,15 @@ def test_cpu_vllm_on_the_tiny_model_is_equivalent_to_the_hf_reference(tiny_vllm,
     print(run.render())
     assert report.passed, run.render()
     assert len(report.results) == N_PROMPTS and report.hard_mismatches == 0
-    assert report.exact_match_rate >= 0.75
+    # Calibrated against HF in the engine's own compute precision, read from the vLLM log.
+    cal = report.calibration
+    assert cal is not None and cal.gated and cal.passed and cal.calibration_label.startswith("HF bfloat16")
+    assert report.precision_lines[0] == "compute bfloat16 (from vllm-log)"
+    assert report.tolerance.calibrated_units is not None and report.min_exact_match_rate is None
     # The cached second pass does no HF forward pass and gives the same verdicts.
     again = _run(tiny_vllm, reference_cache)
     assert again.reference.from_cache and again.reference.forward_passes == 0
+    assert again.calibration is not None and again.calibration.from_cache
     assert [r.verdict for r in again.report.results] == [r.verdict for r in report.results]
 
 
@@ -138,6 +143,9 @@ def test_perturbed_weights_fail_with_a_report_pointing_at_the_first_divergence(t
     report, text = run.report, run.render()
     print(text)
     assert not report.passed and report.hard_mismatches > 0
+    # The report names what moved, side by side with the calibration.
+    assert any(line.startswith(("chosen-token drift moved", "top-k drift moved")) for line in report.failures())
+    assert "calibration vs fp32" in text
     index, first = next((i, r) for i, r in enumerate(report.results) if r.verdict == "mismatch")
     ref_tokens, cand_tokens = run.reference.continuations[index].tokens, run.candidates[index].tokens
     expected = next(i for i, (a, b) in enumerate(zip(ref_tokens, cand_tokens)) if a != b)

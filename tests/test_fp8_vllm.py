@@ -143,7 +143,8 @@ def test_suite_compares_the_configured_pair_and_keeps_references(pytester, tiny_
 
     first = pytester.runpytest_inprocess(SUITE.name, "-rs", "-s", "--update-baselines", "-p", "no:cacheprovider")
     first.assert_outcomes(passed=1, skipped=1)
-    first.stdout.fnmatch_lines(["*accuracy gate [[]next_token accuracy[]]: n=5120 paired items, α=0.05, β=0.2*",
+    first.stdout.fnmatch_lines(["*accuracy gate [[]next_token accuracy[]]: n=5120 paired items in 40 clusters "
+                                "(design effect *, effective n *; bootstrap resamples clusters), α=0.05, β=0.2*",
                                 "*min detectable drop*", "*next_token|bfloat16|none|fp8*recorded*",
                                 "*fp8kv*next_token accuracy %*pass*",
                                 "*bf16*names no reference to compare with*accuracy_reference*"])

@@ -204,3 +204,35 @@ def test_cache_file_is_readable_by_others_and_leaves_no_temp_or_lock_files(micro
     result = _run(micro_model, prompts, tmp_path)
     assert result.path.stat().st_mode & 0o777 == 0o644
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json"]
+
+
+def test_reference_in_its_own_process_matches_the_in_process_one(micro_model, prompts, tmp_path):
+    inline = _run(micro_model, prompts, tmp_path / "a", max_tokens=4, top_k=3)
+    isolated = _run(micro_model, prompts, tmp_path / "b", max_tokens=4, top_k=3, isolate=True)
+    assert not isolated.from_cache and isolated.forward_passes > 0
+    assert [c.tokens for c in isolated.continuations] == [c.tokens for c in inline.continuations]
+    assert all(a.top_logprobs == b.top_logprobs for a, b in zip(inline.continuations, isolated.continuations))
+
+
+def _as_other_device(result, device: str, shift: float = 0.0) -> None:
+    """Rewrite a cached reference as if it had been computed on `device` (logprobs shifted by `shift`)."""
+    data = json.loads(result.path.read_text())
+    data["key"]["device"] = device
+    for p in data["prompts"]:
+        p["top"] = [[[t, v + shift] for t, v in step] for step in p["top"]]
+    result.path.unlink()
+    (result.path.parent / f"other-{device.replace(':', '_')}.json").write_text(json.dumps(data))
+
+
+def test_fp32_reference_of_another_device_is_reused_when_a_spot_check_agrees(micro_model, prompts, tmp_path):
+    cache = tmp_path / "cache"
+    _as_other_device(_run(micro_model, prompts, cache, max_tokens=4, top_k=3), "cuda:Fake GPU")
+    reused = _run(micro_model, prompts, cache, max_tokens=4, top_k=3)
+    made_by = json.loads(reused.path.read_text())["made_by"]
+    assert reused.from_cache and made_by["reused_from"]["device"] == "cuda:Fake GPU"
+    assert made_by["reused_from"]["spot_prompts"] == min(len(prompts), 4)
+    # a stored reference that disagrees (logprobs off by 0.01) is not reused: the full reference is computed
+    cache2 = tmp_path / "cache2"
+    _as_other_device(_run(micro_model, prompts, cache2, max_tokens=4, top_k=3), "cuda:Fake GPU", shift=0.01)
+    fresh = _run(micro_model, prompts, cache2, max_tokens=4, top_k=3)
+    assert not fresh.from_cache and "reused_from" not in json.loads(fresh.path.read_text())["made_by"]

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..cluster_stats import ClusterSummary, cluster_summary, cluster_weights, ratio_replicates
 from ..stats import (
     DEFAULT_RESAMPLES,
     ArrayLike,
@@ -30,7 +31,8 @@ from ..stats import (
     rng_from,
 )
 
-Verdict = Literal["pass", "fail"]
+Verdict = Literal["pass", "fail", "inconclusive"]
+_WEIGHT_CELLS = 8_000_000  # resamples x clusters per chunk of the cluster bootstrap (~64 MB)
 
 
 def trtllm_threshold(ref: float, sigma: float, n: int, alpha: float = 0.05, higher_is_better: bool = True) -> float:
@@ -67,6 +69,9 @@ class AccuracyGateResult:
     mcnemar: McNemarResult | None
     verdict: Verdict
     reason: str
+    n_clusters: int = 0  # resampling units (passages); = n when items were treated as independent
+    design_effect: float = 1.0  # variance of the clustered mean / variance if items were independent
+    effective_n: float = 0.0  # n / design effect: what MDD and the intervals are computed from
 
     @property
     def passed(self) -> bool:
@@ -113,7 +118,9 @@ class AccuracyGateResult:
             ("verdict", f"{self.verdict.upper()}: {self.reason}"),
         ]
         width = max(len(k) for k, _ in rows)
-        head = (f"accuracy gate [{self.metric}]: n={self.n} paired items, α={self.alpha:g}, β={self.beta:g}, "
+        clusters = (f" in {self.n_clusters} clusters (design effect {self.design_effect:.2f}, effective n "
+                    f"{self.effective_n:.0f}; bootstrap resamples clusters)" if self.n_clusters < self.n else "")
+        head = (f"accuracy gate [{self.metric}]: n={self.n} paired items{clusters}, α={self.alpha:g}, β={self.beta:g}, "
                 f"tolerated drop δ={self._diff(self.tolerance)}")
         lines = [head] + [f"  {k:<{width}}  {v}" for k, v in rows]
         lines.append(
@@ -134,6 +141,7 @@ def accuracy_gate(
     beta: float = 0.2,
     higher_is_better: bool = True,
     require_detectable: float | None = None,
+    groups: Any = None,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: SeedLike = 0,
 ) -> AccuracyGateResult:
@@ -142,7 +150,10 @@ def accuracy_gate(
     Scores are per item, both targets on the same items in the same order: 0/1 correctness, or a
     continuous score such as per-item log-likelihood (then set `tolerance` in its units and
     `higher_is_better`). The default δ = 0.01 is 1 percentage point of 0/1 accuracy.
-    `require_detectable`: also fail when this n could not detect (at power 1 − β) a drop this large.
+    `require_detectable`: when this n could not detect (at power 1 − β) a drop this large and the data
+    show no drop, the verdict is *inconclusive*, not pass.
+    `groups`: one label per item (e.g. the passage a position comes from); items of a group are
+    correlated, so the bootstrap resamples groups and the MDD uses the effective n (n / design effect).
     """
     if not 0.0 < alpha < 0.5 or not 0.0 < beta < 0.5:
         raise ValueError(f"alpha={alpha!r} and beta={beta!r} must lie in (0, 0.5), e.g. 0.05 and 0.2")
@@ -157,7 +168,12 @@ def accuracy_gate(
     sign = 1.0 if higher_is_better else -1.0
     binary = is_binary(base) and is_binary(cand)
 
-    reps = bootstrap_mean_replicates(d, n_resamples, rng_from(seed))
+    rng = rng_from(seed)
+    clusters = _clusters(d, groups)
+    if clusters.n_clusters < n:
+        reps = _cluster_mean_replicates(d, groups, n_resamples, rng)
+    else:
+        reps = bootstrap_mean_replicates(d, n_resamples, rng)
     drop_reps = -sign * reps
     delta_hat = float(d.mean())
     drop_hat = -sign * delta_hat
@@ -174,8 +190,9 @@ def accuracy_gate(
     z = normal_quantile(1 - alpha) + normal_quantile(1 - beta)
     sd_diff = float(np.std(d, ddof=1))
     sd_scores = math.sqrt((float(np.var(base, ddof=1)) + float(np.var(cand, ddof=1))) / 2)
-    mdd = tolerance + z * sd_diff / math.sqrt(n)
-    mdd_unpaired = tolerance + z * math.sqrt(2 * sd_scores**2 / n)
+    n_eff = clusters.effective_n
+    mdd = tolerance + z * sd_diff / math.sqrt(n_eff)
+    mdd_unpaired = tolerance + z * math.sqrt(2 * sd_scores**2 * clusters.design_effect / n)
 
     fmt = (lambda x: f"{100 * x:.2f} pp") if binary else (lambda x: f"{x:.4g}")
     sfmt = (lambda x: f"{100 * x:+.2f} pp") if binary else (lambda x: f"{x:+.4g}")
@@ -187,9 +204,9 @@ def accuracy_gate(
     elif require_detectable is not None and mdd > require_detectable:
         if require_detectable <= tolerance:
             raise ValueError(f"require_detectable={require_detectable!r} must exceed tolerance={tolerance!r}")
-        need = math.ceil((z * sd_diff / (require_detectable - tolerance)) ** 2)
-        verdict = "fail"
-        reason = (f"underpowered: n={n} detects only drops ≥ {fmt(mdd)}, not the required "
+        need = math.ceil((z * sd_diff / (require_detectable - tolerance)) ** 2 * clusters.design_effect)
+        verdict = "inconclusive"
+        reason = (f"underpowered: n={n} (effective {n_eff:.0f}) detects only drops ≥ {fmt(mdd)}, not the required "
                   f"{fmt(require_detectable)}; score about {need} items")
     else:
         verdict = "pass"
@@ -200,4 +217,27 @@ def accuracy_gate(
         binary=binary, baseline_score=float(base.mean()), candidate_score=float(cand.mean()), delta=delta,
         threshold=threshold, min_detectable_drop=mdd, min_detectable_drop_unpaired=mdd_unpaired,
         sd_diff=sd_diff, sd_scores=sd_scores, p_value=p_value, mcnemar=mc, verdict=verdict, reason=reason,
+        n_clusters=clusters.n_clusters, design_effect=clusters.design_effect, effective_n=n_eff,
     )
+
+
+def _clusters(d: np.ndarray, groups: Any) -> ClusterSummary:
+    if groups is None:
+        return ClusterSummary(d.size, d.size, 1.0, float(d.size))
+    labels = list(groups)
+    if len(labels) != d.size:
+        raise ValueError(f"{len(labels)} group labels for {d.size} paired items; give one label per item")
+    summary = cluster_summary(d, labels)
+    # a design effect below 1 (negatively correlated items) is not credited: never more than n
+    return summary if summary.design_effect >= 1 else ClusterSummary(d.size, summary.n_clusters, 1.0, float(d.size))
+
+
+def _cluster_mean_replicates(d: np.ndarray, groups: Any, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap replicates of the mean difference with whole groups resampled (chunked weight matrices)."""
+    _, ids = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    totals = np.bincount(ids, weights=d)
+    sizes = np.bincount(ids).astype(float)
+    step = max(1, _WEIGHT_CELLS // totals.size)
+    parts = [ratio_replicates(cluster_weights(totals.size, min(step, n_resamples - start), rng), totals, sizes)
+             for start in range(0, n_resamples, step)]
+    return np.concatenate(parts)

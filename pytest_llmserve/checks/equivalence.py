@@ -22,9 +22,12 @@ The tolerance model (what "within numerical noise" means per precision) lives in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from .near_tie import EquivalenceSettings, ToleranceModel, precision_of  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from .calibration import Calibration
 
 CONTEXT_TOKENS = 8
 
@@ -135,15 +138,17 @@ def _ranked(top: Mapping[int, float]) -> tuple[tuple[int, float], ...]:
 # ----------------------------------------------------------------------------- report
 @dataclass(frozen=True, slots=True)
 class EquivalenceReport:
-    """Per-prompt verdicts and the gate: no hard mismatch and exact-match rate at or above the floor."""
+    """Per-prompt verdicts and the gate: no hard mismatch, the calibration tests (when made), the floor (when set)."""
 
     target: str
     results: tuple[PromptResult, ...]
     tolerance: ToleranceModel
     top_k: int
     max_tokens: int
-    min_exact_match_rate: float
+    min_exact_match_rate: float | None
     notes: tuple[str, ...] = ()
+    calibration: Calibration | None = None
+    precision_lines: tuple[str, ...] = ()
 
     @property
     def exact(self) -> int:
@@ -167,12 +172,16 @@ class EquivalenceReport:
 
     @property
     def max_logprob_drift(self) -> float:
-        """Largest |reference - candidate| logprob of an agreed token (diagnostic; not gated)."""
+        """Largest |reference - candidate| logprob of an agreed token (the mean is gated by the calibration)."""
         return max((r.max_logprob_drift for r in self.results), default=0.0)
 
     @property
     def passed(self) -> bool:
-        return bool(self.results) and self.hard_mismatches == 0 and self.exact_match_rate >= self.min_exact_match_rate
+        return bool(self.results) and self.hard_mismatches == 0 and not self._below_floor() and (
+            self.calibration is None or self.calibration.passed)
+
+    def _below_floor(self) -> bool:
+        return self.min_exact_match_rate is not None and self.exact_match_rate < self.min_exact_match_rate
 
     def failures(self) -> list[str]:
         """Why the gate failed, one line each (empty when it passed)."""
@@ -183,8 +192,10 @@ class EquivalenceReport:
             first = next(r for r in self.results if r.verdict == "mismatch")
             out.append(f"{self.hard_mismatches} hard mismatch(es); first: prompt {first.prompt_id} at token "
                        f"{first.matched} ({first.reason})")
-        if self.results and self.exact_match_rate < self.min_exact_match_rate:
+        if self.results and self._below_floor():
             out.append(f"exact-match rate {self.exact_match_rate:.1%} < floor {self.min_exact_match_rate:.1%}")
+        if self.calibration is not None:
+            out += self.calibration.failures()
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -196,6 +207,8 @@ class EquivalenceReport:
             "max_tokens": self.max_tokens, "top_k": self.top_k,
             "precision": self.tolerance.precision, "tolerance": self.tolerance.describe(),
             "min_exact_match_rate": self.min_exact_match_rate, "passed": self.passed,
+            "calibration": self.calibration.to_dict() if self.calibration is not None else None,
+            "precision_sources": list(self.precision_lines),
             "divergences": [
                 {"prompt": r.prompt_id, "verdict": r.verdict, "position": r.matched, "reason": r.reason,
                  "reference_token": r.divergence.reference_token if r.divergence else None,
@@ -207,6 +220,11 @@ class EquivalenceReport:
             ],
         }
 
+    def _floor_text(self) -> str:
+        if self.min_exact_match_rate is not None:
+            return f"floor {self.min_exact_match_rate:.0%}"
+        return "no fixed floor: divergence rate gated against the calibration" if self.calibration else "no floor"
+
     def render(self, decode: Callable[[Sequence[int]], str] | None = None, max_rows: int = 20) -> str:
         """A verdict a release manager can read: summary, non-exact prompts, the first hard mismatch in detail."""
         show = _shower(decode)
@@ -215,11 +233,14 @@ class EquivalenceReport:
             f"Token equivalence vs Hugging Face (fp32) -- target {self.target}: {'PASS' if self.passed else 'FAIL'}",
             f"  {n} prompts x {self.max_tokens} greedy tokens, top-k {self.top_k}, "
             f"near-tie tolerance {self.tolerance.describe()}",
-            f"  exact {self.exact}/{n} ({self.exact_match_rate:.1%}, floor {self.min_exact_match_rate:.0%})   "
+            f"  exact {self.exact}/{n} ({self.exact_match_rate:.1%}, {self._floor_text()})   "
             f"near-ties {self.near_ties}   hard mismatches {self.hard_mismatches}   "
             f"mean matched prefix {self.mean_matched_prefix:.1f}/{self.max_tokens}",
-            f"  largest logprob drift on agreed tokens {self.max_logprob_drift:.4f} nats (diagnostic)",
+            f"  largest logprob drift on agreed tokens {self.max_logprob_drift:.4f} nats",
         ]
+        lines += [f"  precision: {line}" for line in self.precision_lines]
+        if self.calibration is not None:
+            lines += self.calibration.render()
         lines += [f"  note: {note}" for note in self.notes]
         lines += [f"  FAIL: {line}" for line in self.failures()]
         diverged = [r for r in self.results if r.verdict != "exact"]
@@ -279,10 +300,12 @@ def _num(value: float | None) -> str:
 
 def compare_all(target: str, prompts: Sequence[tuple[str, Sequence[int]]], references: Sequence[Continuation],
                 candidates: Sequence[Continuation], tolerance: ToleranceModel, *, top_k: int, max_tokens: int,
-                min_exact_match_rate: float, notes: Sequence[str] = ()) -> EquivalenceReport:
+                min_exact_match_rate: float | None, notes: Sequence[str] = (),
+                calibration: Calibration | None = None, precision_lines: Sequence[str] = ()) -> EquivalenceReport:
     """Compare every prompt (id, prompt token ids) and build the report."""
     if not len(prompts) == len(references) == len(candidates):
         raise ValueError(f"{len(prompts)} prompts, {len(references)} references, {len(candidates)} candidates")
     results = tuple(compare_continuation(pid, ids, ref, cand, tolerance)
                     for (pid, ids), ref, cand in zip(prompts, references, candidates))
-    return EquivalenceReport(target, results, tolerance, top_k, max_tokens, min_exact_match_rate, tuple(notes))
+    return EquivalenceReport(target, results, tolerance, top_k, max_tokens, min_exact_match_rate, tuple(notes),
+                             calibration, tuple(precision_lines))

@@ -62,9 +62,11 @@ _ALIASES = {
 DEFAULT_TOLERANCE_SCALE = 8.0
 DEFAULT_TOP_K = 5
 DEFAULT_MAX_TOKENS = 64
-DEFAULT_MIN_EXACT_MATCH_RATE = 0.5
+DEFAULT_MIN_EXACT_MATCH_RATE = 0.5  # legacy floor, applied only with `calibration = false`
 SETTINGS_KEYS = ("top_k", "max_tokens", "tolerance_nats", "tolerance_scale", "precision",
-                 "min_exact_match_rate", "prompts")
+                 "min_exact_match_rate", "prompts", "calibration", "calibration_margin", "swing_margin", "alpha",
+                 "compute_precision", "weight_precision", "kv_cache_precision", "device")
+PRECISION_KEYS = ("compute_precision", "weight_precision", "kv_cache_precision")
 
 
 def normalize_precision(name: str) -> str:
@@ -79,23 +81,42 @@ def normalize_precision(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ToleranceModel:
-    """How far a pair's log-odds may swing at a step: scale * u * max(1, |logit|) * sqrt(layers), or fixed."""
+    """How far a pair's log-odds may swing at a step: scale * u * max(1, |logit|) * sqrt(layers), or fixed.
+
+    With `calibrated_units` (measured: swing_margin x the largest swing HF in the same compute precision
+    produced, per max(1, |logit|)) that term replaces the unit-roundoff one for the compute precision;
+    each precision in `uncovered` (fp8 KV cache, quantized weights: what the calibration cannot
+    reproduce) adds its unit-roundoff term in quadrature.
+    """
 
     precision: str = "bfloat16"
     n_layers: int = 1
     scale: float = DEFAULT_TOLERANCE_SCALE
     fixed_nats: float | None = None
+    calibrated_units: float | None = None
+    uncovered: tuple[str, ...] = ()
+
+    def _roundoff(self, precision: str, magnitude: float) -> float:
+        return self.scale * UNIT_ROUNDOFF[precision] * magnitude * math.sqrt(max(1, self.n_layers))
 
     def at(self, logit_scale: float | None) -> float:
         """The tolerance (nats) for a step whose largest top-k |logit| is `logit_scale` (None: 1)."""
         if self.fixed_nats is not None:
             return self.fixed_nats
         magnitude = max(1.0, abs(logit_scale)) if logit_scale is not None and math.isfinite(logit_scale) else 1.0
-        return self.scale * UNIT_ROUNDOFF[self.precision] * magnitude * math.sqrt(max(1, self.n_layers))
+        if self.calibrated_units is None:
+            return self._roundoff(self.precision, magnitude)
+        parts = [self.calibrated_units * magnitude] + [self._roundoff(p, magnitude) for p in self.uncovered]
+        return math.sqrt(sum(x * x for x in parts))
 
     def describe(self) -> str:
         if self.fixed_nats is not None:
             return f"fixed {self.fixed_nats:g} nats"
+        if self.calibrated_units is not None:
+            text = f"calibrated {self.calibrated_units:.4g} x max(1,|logit|)"
+            for p in self.uncovered:
+                text += f" (+) {self.scale:g} x 2^-{-round(math.log2(UNIT_ROUNDOFF[p]))} ({p}) x max(1,|logit|) x sqrt({self.n_layers})"
+            return text
         exponent = -round(math.log2(UNIT_ROUNDOFF[self.precision]))
         return f"{self.scale:g} x 2^-{exponent} ({self.precision}) x max(1,|logit|) x sqrt({self.n_layers} layers)"
 
@@ -110,8 +131,23 @@ class EquivalenceSettings:
     tolerance_nats: float | None = None
     tolerance_scale: float = DEFAULT_TOLERANCE_SCALE
     precision: str | None = None
-    min_exact_match_rate: float = DEFAULT_MIN_EXACT_MATCH_RATE
+    min_exact_match_rate: float | None = None  # None: derived (calibration on) or the legacy 0.5 (calibration off)
     prompts: str | None = None
+    calibration: bool = True
+    calibration_margin: float = 1.5
+    swing_margin: float = 2.0
+    alpha: float = 0.05
+    compute_precision: str | None = None
+    weight_precision: str | None = None
+    kv_cache_precision: str | None = None
+    device: str | None = None  # where the HF reference runs: auto | cpu | cuda | cuda:N (own process on CUDA)
+
+    @property
+    def exact_match_floor(self) -> float | None:
+        """The floor actually applied: the explicit one, else the legacy default only without calibration."""
+        if self.min_exact_match_rate is not None:
+            return self.min_exact_match_rate
+        return None if self.calibration else DEFAULT_MIN_EXACT_MATCH_RATE
 
     @classmethod
     def from_target(cls, target: Target) -> EquivalenceSettings:
@@ -144,14 +180,33 @@ class EquivalenceSettings:
         precision = raw.get("precision")
         if precision is not None:
             precision = normalize_precision(str(precision))
+        if "calibration" in raw and not isinstance(raw["calibration"], bool):
+            raise ValueError(f"calibration = {raw['calibration']!r} must be true or false")
+        for key in ("calibration_margin", "swing_margin"):
+            value = raw.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1):
+                raise ValueError(f"{key} = {value!r} must be a number >= 1 (a multiple of the calibration)")
+        alpha = raw.get("alpha")
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 0.5):
+            raise ValueError(f"alpha = {alpha!r} must lie in (0, 0.5), e.g. 0.05")
+        device = raw.get("device")
+        if device is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(device)):
+            raise ValueError(f"device = {device!r} must be auto, cpu, cuda or cuda:N")
+        parts = {key: normalize_precision(str(raw[key])) for key in PRECISION_KEYS if raw.get(key) not in (None, "")}
         return cls(
             top_k=raw.get("top_k", DEFAULT_TOP_K),
             max_tokens=raw.get("max_tokens", DEFAULT_MAX_TOKENS),
             tolerance_nats=float(raw["tolerance_nats"]) if raw.get("tolerance_nats") is not None else None,
             tolerance_scale=float(raw.get("tolerance_scale", DEFAULT_TOLERANCE_SCALE)),
             precision=precision,
-            min_exact_match_rate=float(raw.get("min_exact_match_rate", DEFAULT_MIN_EXACT_MATCH_RATE)),
+            min_exact_match_rate=float(rate) if rate is not None else None,
             prompts=raw.get("prompts"),
+            calibration=raw.get("calibration", True),
+            calibration_margin=float(raw.get("calibration_margin", 1.5)),
+            swing_margin=float(raw.get("swing_margin", 2.0)),
+            alpha=float(alpha) if alpha is not None else 0.05,
+            device=device,
+            **parts,
         )
 
 
