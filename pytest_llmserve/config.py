@@ -45,6 +45,7 @@ TARGET_KEYS = {
     "client": dict,
     "cpus": str,
     "client_cpus": str,
+    "capabilities": dict,
 }
 CLIENT_KEYS = ("max_send_lag_p99_ms", "max_merged_token_frac", "merged_lag_tolerance_ms", "max_loop_lag_p99_ms", "workers")
 TOP_KEYS = {"baselines_dir": str, "hardware": str, "targets": list, "tolerance": dict}
@@ -105,6 +106,7 @@ class Target:
     client: Mapping[str, float] = field(default_factory=dict)  # load-client self-check limits, workers
     cpus: str | None = None  # run the server under `taskset -c CPUS`
     client_cpus: str | None = None  # pin the load client (the pytest process) to these CPUs while it runs
+    capabilities: Mapping[str, Any] = field(default_factory=dict)  # probed API facts overridden (servers/capabilities.py)
     source: str = "<memory>"
 
     @property
@@ -254,6 +256,13 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
     for key in ("cpus", "client_cpus"):
         if key in raw and not _CPU_LIST.fullmatch(raw[key]):
             err.fail(f"{where}.{key}", raw[key], "must be a CPU list like '0', '0-3' or '0,2-3'")
+    if "capabilities" in raw:
+        from .servers.capabilities import validate_overrides
+
+        problem = validate_overrides(raw["capabilities"])
+        if problem:
+            key, value, what = problem
+            err.fail(f"{where}.capabilities" + (f".{key}" if key else ""), value, what)
     concurrency = raw.get("concurrency", [1, 4, 16])
     if not concurrency or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in concurrency):
         err.fail(f"{where}.concurrency", concurrency, "must be a non-empty list of integers >= 1")
@@ -278,6 +287,7 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
         client=client,
         cpus=raw.get("cpus"),
         client_cpus=raw.get("client_cpus"),
+        capabilities=dict(raw.get("capabilities", {})),
         source=source,
     )
 

@@ -11,6 +11,7 @@ import pytest
 from . import benchmark_bridge
 from .config import ConfigError, Target, parse_cpu_list
 from .load import CheckLimits, ClientOptions, LoadSpec, RunResult, run_load
+from .load.fit import FittedLoad, fit_load
 from .outcome import LoadOutcome
 from .progress import Heartbeat, pytest_emitter
 from .server_metrics import MetricsSampler
@@ -76,7 +77,9 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
             spec_args["requests"] = session.requests_override
         try:
             spec = LoadSpec(**spec_args)
-            spec.validate()
+            # endpoint, prompt form and matched work as the server's probed capabilities allow
+            fitted = fit_load(spec, llm_server.capabilities, explicit=spec_args)
+            spec = fitted.spec
         except (TypeError, ValueError) as exc:
             pytest.fail(f"llm_load({', '.join(f'{k}={v!r}' for k, v in spec_args.items())}): {exc}", pytrace=False)
         sampler = MetricsSampler(llm_server.metrics_url).start() if llm_server.metrics_url else None
@@ -87,7 +90,7 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
             with Heartbeat(pytest_emitter(request.config), f"{llm_server.target.name} {shape}", status=status,
                            total=spec.warmup + spec.requests if spec.requests else None, source="server count"):
                 try:
-                    result = _run(llm_server, spec)
+                    result = fitted.check(_run(llm_server, spec))
                 except Exception:  # a client error from a server that died: its exit and log are the cause
                     if not llm_server.alive():
                         _fail_with_death(llm_server)
@@ -100,11 +103,16 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
         except ServerError as exc:
             pytest.fail(str(exc), pytrace=False)
         return LoadOutcome(result=result, target=llm_server.target, nodeid=request.node.nodeid,
-                           session=session, marker_limits=limits,
+                           session=session, marker_limits=limits, context=_work_lines(fitted),
                            optimisations=session.optimisations_of(llm_server),
                            server_metrics=server_metrics, item=request.node)
 
     return run
+
+
+def _work_lines(fitted: FittedLoad) -> list[str]:
+    """How the work was fitted to the server, for the SLO table's context lines."""
+    return [fitted.describe(), *fitted.notes]
 
 
 def _fail_with_death(server: ServerHandle) -> None:
