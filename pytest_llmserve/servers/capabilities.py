@@ -213,7 +213,7 @@ def _model_refused(answer: _Answer, model: str) -> bool:
 
 
 def _who(target: str) -> str:
-    return f"target {target!r}" if target else "the target"
+    return f"target {target!r}" if target else "the run"
 
 
 def model_refused(target: str, model: str, base_url: str, answer: _Answer) -> CapabilityError:
@@ -283,7 +283,7 @@ def probe_capabilities(base_url: str, model: str, *, readiness: str = "/health",
         if not answer.ok:
             notes.append(f"{field}: the field got {answer.short()}")
     if "usage" not in overrides:
-        head, events, done = c.stream(path, {"model": model, "max_tokens": 2, "temperature": 0, "stream": True,
+        head, events, done = c.stream(path, {"model": model, "max_tokens": 1, "temperature": 0, "stream": True,
                                              "stream_options": {"include_usage": True}, **form})
         facts["usage"] = any(isinstance(e, dict) and isinstance(e.get("usage"), dict) for e in events)
         facts["stream_done"] = done
@@ -308,6 +308,34 @@ def probe_capabilities(base_url: str, model: str, *, readiness: str = "/health",
     tokenizer = overrides.get("tokenizer") or find_tokenizer(tokenizer_candidates)
     return Capabilities(**facts, tokenizer=tokenizer, models=models, server=str(comp.headers.get("server", "")),
                         overridden=tuple(sorted(overrides)), notes=tuple(notes))
+
+
+def probe_url(base_url: str, model: str, *, overrides: Mapping[str, Any] = {}, headers: Mapping[str, str] = {},
+              tokenizer_candidates: tuple[str, ...] = ()) -> Capabilities:
+    """For command lines: one readiness check (the server should be up), then the full probe; CapabilityError
+    (one line) when it is down, not an OpenAI server or does not serve `model`."""
+    route, why = ready_check(model, overrides.get("readiness"), headers)(base_url.rstrip("/"))
+    if route is None:
+        raise CapabilityError(f"the server at {base_url} is not ready ({why})")
+    return probe_capabilities(base_url.rstrip("/"), model, readiness=route, overrides=overrides, headers=headers,
+                              tokenizer_candidates=(*tokenizer_candidates, model))
+
+
+def parse_override_args(items: list[str]) -> dict[str, Any]:
+    """`--capability KEY=VALUE` pairs (true/false for flags) into a validated overrides table."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--capability {item!r}: use KEY=VALUE, e.g. --capability token_id_prompts=false")
+        kind = OVERRIDES.get(key.strip(), (str, ""))[0]
+        out[key.strip()] = {"true": True, "false": False}.get(value.strip().lower(), value.strip()) if kind is bool \
+            else value.strip()
+    problem = validate_overrides(out)
+    if problem:
+        key, value, what = problem
+        raise ValueError(f"--capability {key}={value!r}: {what}")
+    return out
 
 
 def find_tokenizer(candidates: tuple[str, ...]) -> str | None:
