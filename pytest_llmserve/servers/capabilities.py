@@ -142,6 +142,8 @@ class _Answer:
     def short(self) -> str:
         if self.status is None:
             return self.text
+        if self.status == 200 and not isinstance(self.body, dict):
+            return f"HTTP 200 but not a JSON object ({self.headers.get('content-type', 'no content-type')})"
         return f"HTTP {self.status}" + (f": {error_message(self)}" if self.status != 200 else "")
 
 
