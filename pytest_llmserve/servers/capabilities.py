@@ -206,12 +206,13 @@ def _json_or_text(text: str) -> Any:
 
 
 def _model_refused(answer: _Answer, model: str) -> bool:
-    """A 4xx whose message is about the model (vLLM 404 'does not exist', transformers 400 'pinned to')."""
+    """A 4xx whose message is about the model (vLLM 404 'The model `x` does not exist', transformers 400 'pinned to')."""
     if answer.status is None or not 400 <= answer.status < 500:
         return False
     msg = error_message(answer).lower()
-    return model.lower() in msg or "model" in msg and any(w in msg for w in ("not exist", "not found", "pinned",
-                                                                              "unknown", "not serve", "invalid model"))
+    quoted = any(f"{q}{model.lower()}{q}" in msg for q in ("'", "`", '"'))
+    return quoted or "model" in msg and any(w in msg for w in ("not exist", "not found", "pinned", "unknown model",
+                                                               "not serve", "invalid model"))
 
 
 def _who(target: str) -> str:
