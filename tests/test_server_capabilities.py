@@ -131,7 +131,7 @@ def test_transformers_serve_as_a_bare_openai_target_records_then_gates_the_ready
     gate = pytester.runpytest_subprocess(*common)
     gate.assert_outcomes(passed=2)
     out = gate.stdout.str()
-    assert "capabilities: ready via /health" in out and "matched work verified, not forced" in out
+    assert "server hf-serve: ready via /health" in out and "matched work verified, not forced" in out  # summary
     report = json.loads((pytester.path / "report.json").read_text())
     assert report["servers"]["hf-serve"]["token_id_prompts"] is False
     for entry in report["results"]:
