@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .load import ClientOptions, LoadSpec, RunResult, load_prompts, run_load
+from .load.fit import fit_load
+from .servers.capabilities import CapabilityError
 
 
 def _models(url: str, headers: dict[str, str]) -> list[str]:
@@ -38,7 +40,8 @@ def _build_parser() -> argparse.ArgumentParser:
                         description="Streaming load with exact (kernel) timestamps; prints a table, writes JSON.")
     ld.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
     ld.add_argument("--model", help="model name (default: the first of GET /v1/models)")
-    ld.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    ld.add_argument("--endpoint", choices=("completions", "chat"),
+                    help="default: completions, or chat where the server has no completions endpoint")
     ld.add_argument("--concurrency", type=int, help="requests in flight (closed loop); with --rate, a cap")
     ld.add_argument("--rate", type=float, help="requests/s (open loop)")
     ld.add_argument("--arrival", choices=("poisson", "constant"), default="poisson")
@@ -63,6 +66,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--extra-body", help="JSON object merged into every request body")
     ld.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="extra request header")
     ld.add_argument("--workers", type=int, default=1, help="client processes (use spare cores only)")
+    ld.add_argument("--capability", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a probed server capability, e.g. token_id_prompts=false (repeatable)")
     ld.add_argument("--json", dest="json_path", help="write the result here as JSON")
     ld.add_argument("--records", action="store_true", help="include per-request records in the JSON")
     ld.add_argument("--quiet", action="store_true", help="no table on stdout")
@@ -107,7 +112,7 @@ def _spec_from_args(a: argparse.Namespace) -> LoadSpec:
         if not isinstance(extra, dict):
             raise ValueError("--extra-body must be a JSON object, e.g. '{\"temperature\": 0}'")
     spec = LoadSpec(
-        endpoint=a.endpoint,
+        endpoint=a.endpoint or "completions",
         concurrency=a.concurrency if a.concurrency is not None else (None if a.rate is not None else 1),
         rate=a.rate, arrival=a.arrival,
         requests=a.requests if a.requests is not None or a.duration is not None else 32,
@@ -150,6 +155,8 @@ def format_table(result: RunResult) -> str:
            else f"turnaround p99 {c.turnaround_p99_ms:.2f} ms")
     lines.append(f"client: loop lag p99 {c.loop_lag_p99_ms:.2f} ms, read lag p99 {c.read_lag_p99_ms:.2f} ms, {lag}, "
                  f"merged chunks {c.merged_token_frac:.2%}, kernel timestamps {'on' if c.kernel_timestamps else 'off'}")
+    if result.work:
+        lines.append(str(result.work.get("statement")))
     lines.append("VALID" if result.valid else "INVALID: " + "; ".join(result.invalid_reasons))
     return "\n".join(lines)
 
@@ -166,10 +173,19 @@ def _load(a: argparse.Namespace) -> int:
                 raise ValueError(f"{a.url}/v1/models lists no model; pass --model NAME")
             model = models[0]
         spec, notes = _shaped_spec(a, model)
+        from .servers.capabilities import parse_override_args, probe_url
+
+        caps = probe_url(a.url.rstrip("/").removesuffix("/v1"), model, overrides=parse_override_args(a.capability),
+                         headers=dict(headers))
+        explicit = {"endpoint"} if a.endpoint else set()
+        fitted = fit_load(spec, caps, explicit | ({"ignore_eos"} if a.no_ignore_eos else set()))
         options = ClientOptions(kernel_timestamps=not a.no_kernel_timestamps, uvloop=not a.no_uvloop,
                                 gc_freeze=not a.no_gc_freeze, http_parser=a.http_parser, workers=a.workers,
                                 headers=headers)
-        result = run_load(a.url, model, spec, options=options)
+        result = fitted.check(run_load(a.url, model, fitted.spec, options=options))
+    except CapabilityError as exc:
+        print(f"llmserve load: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, ConnectionError, OSError) as exc:
         print(f"llmserve load: {exc}", file=sys.stderr)
         return 2
@@ -181,7 +197,7 @@ def _load(a: argparse.Namespace) -> int:
         raise
     if a.json_path:
         out = result.to_dict(include_records=a.records)
-        out["model"], out["url"] = model, a.url
+        out["model"], out["url"], out["capabilities"] = model, a.url, caps.to_dict()
         out["notes"] = notes
         if a.trace:
             from dataclasses import asdict

@@ -59,6 +59,7 @@ TARGET_KEYS = {
     "client_cpus": str,
     "workloads": dict,
     "baseline_gate": dict,
+    "capabilities": dict,
 }
 WORKLOAD_KEYS = ("profiles", "requests", "concurrency", "warmup", "max_model_len")
 CLIENT_KEYS = ("max_send_lag_p99_ms", "max_merged_token_frac", "merged_lag_tolerance_ms", "max_loop_lag_p99_ms", "workers")
@@ -121,6 +122,7 @@ class Target:
     cpus: str | None = None  # run the server under `taskset -c CPUS`
     client_cpus: str | None = None  # pin the load client (the pytest process) to these CPUs while it runs
     workloads: Mapping[str, Any] = field(default_factory=dict)  # the workload suite: profiles, requests, ...
+    capabilities: Mapping[str, Any] = field(default_factory=dict)  # probed API facts overridden (servers/capabilities.py)
     source: str = "<memory>"
     baseline_gate: Mapping[str, Any] = field(default_factory=dict)  # validated; overlays the project's
 
@@ -286,6 +288,13 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
         if key in raw and not _CPU_LIST.fullmatch(raw[key]):
             err.fail(f"{where}.{key}", raw[key], "must be a CPU list like '0', '0-3' or '0,2-3'")
     workloads = _parse_workloads(err, raw.get("workloads", {}), f"{where}.workloads")
+    if "capabilities" in raw:
+        from .servers.capabilities import validate_overrides
+
+        problem = validate_overrides(raw["capabilities"])
+        if problem:
+            key, value, what = problem
+            err.fail(f"{where}.capabilities" + (f".{key}" if key else ""), value, what)
     concurrency = raw.get("concurrency", [1, 4, 16])
     if not concurrency or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in concurrency):
         err.fail(f"{where}.concurrency", concurrency, "must be a non-empty list of integers >= 1")
@@ -311,6 +320,7 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
         cpus=raw.get("cpus"),
         client_cpus=raw.get("client_cpus"),
         workloads=workloads,
+        capabilities=dict(raw.get("capabilities", {})),
         source=source,
         baseline_gate=_checked_gate(err, raw.get("baseline_gate", {}), f"{where}.baseline_gate"),
     )

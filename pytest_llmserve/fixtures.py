@@ -14,6 +14,7 @@ from .config import ConfigError, Target, parse_cpu_list
 from .baseline_samples import check_shape
 from .baselines import BaselineError, is_statistical
 from .load import CheckLimits, ClientOptions, LoadProgress, LoadSpec, RunResult, run_load
+from .load.fit import FittedLoad, fit_load
 from .load.trace import TraceReplay
 from .load.workloads import Workload, workload
 from .measure import Planner, baseline_rounds, measure, merge_results, plan_mode
@@ -83,12 +84,13 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
     limits = dict(marker.kwargs) if marker else {}
     nodeid = request.node.nodeid
 
-    def spec_of(spec_args: dict[str, Any]) -> tuple[LoadSpec, list[str]]:
+    def spec_of(spec_args: dict[str, Any]) -> tuple[FittedLoad, list[str]]:
         shown = ", ".join(f"{k}={v!r}" for k, v in spec_args.items())
         if session.requests_override is not None and spec_args.get("duration_s") is None:
             spec_args["requests"] = session.requests_override
         context: list[str] = []
         try:
+            explicit = dict(spec_args)
             name = spec_args.pop("workload", None)
             trace = spec_args.pop("trace", None)
             if trace is not None:
@@ -102,13 +104,15 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
             else:
                 spec = LoadSpec(**spec_args)
             spec.validate()
+            # endpoint, prompt form and matched work as the server's probed capabilities allow
+            fitted = fit_load(spec, llm_server.capabilities, explicit=explicit)
         except (TypeError, ValueError) as exc:
             _fail_once(f"llm_load({shown}): {exc}")
-        return spec, context
+        return fitted, context + _work_lines(fitted)
 
     resets: list[CacheReset] = []
 
-    def one(spec: LoadSpec) -> RunResult:
+    def one(fitted: FittedLoad, spec: LoadSpec) -> RunResult:
         resets.append(reset_prefix_cache(llm_server.base_url))  # each round starts from a cold cache
         shape = f"rate={spec.rate}/s" if spec.rate else f"c={spec.concurrency}"
         # no /metrics polling from this process during the run: it stalls the client (measured); the
@@ -118,14 +122,15 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
         with Heartbeat(pytest_emitter(request.config), f"{llm_server.target.name} {shape}", status=status,
                        total=spec.warmup + spec.requests if spec.requests else None):
             try:
-                return _run(llm_server, spec, counted)
+                return fitted.check(_run(llm_server, spec, counted))
             except Exception:  # a client error from a server that died: its exit and log are the cause
                 if not llm_server.alive():
                     _fail_with_death(llm_server)
                 raise
 
     def measured(spec_args: dict[str, Any], sequential: bool) -> LoadOutcome:
-        spec, context = spec_of(spec_args)
+        fitted, context = spec_of(spec_args)
+        spec = fitted.spec
         gate = session.gate_settings(llm_server.target)
         entry, baseline = None, None
         if not session.store.update:
@@ -142,7 +147,7 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
         planner = Planner(gate, mode, session.repeats(gate), baseline)
         sampler = MetricsSampler(llm_server.metrics_url).start() if llm_server.metrics_url else None
         try:
-            m = measure(lambda i: one(spec if i == 0 else dataclasses.replace(spec, warmup=0)), planner,
+            m = measure(lambda i: one(fitted, spec if i == 0 else dataclasses.replace(spec, warmup=0)), planner,
                         session.retries(gate), llm_server.alive)
         finally:
             server_metrics = sampler.stop() if sampler is not None else None
@@ -197,6 +202,11 @@ def _fail_once(message: str) -> NoReturn:
     the caught error ("During handling of the above exception...") and print its message, a server's
     log tail included, a second time."""
     raise pytest.fail.Exception(message, pytrace=False) from None
+
+
+def _work_lines(fitted: FittedLoad) -> list[str]:
+    """How the work was fitted to the server, for the SLO table's context lines."""
+    return [fitted.describe(), *fitted.notes]
 
 
 def _fail_with_death(server: ServerHandle) -> None:

@@ -36,6 +36,7 @@ from .checks.promotion import (
     promote,
 )
 from .load import ClientOptions, LoadSpec, RunResult, run_load
+from .load.fit import fit_load
 from .live_run import LiveEndpoint, Runner, run_watched
 from .progress import Emit
 from .stats import binomial_sf, percentile
@@ -299,7 +300,8 @@ def run_ab(candidate: Arm, incumbent: Arm | ArmSamples, spec: LoadSpec, *, round
            beta: float = 0.2, allow_invalid: bool = False, **kw: Any) -> ABRun:
     """Run the comparison (interleaved when the incumbent is live) and gate it.
 
-    `kw`: options (ClientOptions), emit (progress), interval_s, runner (tests), server_metrics.
+    `kw`: options (ClientOptions), emit (progress), interval_s, runner (tests), server_metrics, capabilities
+    (what both servers accept: servers.capabilities.common of their probes; the work is fitted to it).
     """
     if rounds < 1:
         raise ValueError(f"rounds={rounds!r} must be >= 1 (4 or more lets the throughput check see noise)")
@@ -322,18 +324,32 @@ def run_ab(candidate: Arm, incumbent: Arm | ArmSamples, spec: LoadSpec, *, round
 
 def _one_round(arm: Arm, samples: ArmSamples, spec: LoadSpec, k: int, *, options: ClientOptions | None = None,
                emit: Emit | None = None, interval_s: float = 10.0, runner: Runner | None = None,
-               server_metrics: bool = True) -> None:
+               server_metrics: bool = True, capabilities: Any = None, explicit: Sequence[str] = ()) -> None:
     round_spec = dataclasses.replace(spec, seed=spec.seed + k)  # both sides of a round get the same prompts
-    run = runner or (lambda url, model, s: run_load(url, model, s, options=options))
+    fitted = fit_load(round_spec, capabilities, explicit)  # endpoint, prompt form, matched work: as both accept
+    base = runner or (lambda url, model, s: run_load(url, model, s, options=options))
     label = f"promote {arm.name} round {k + 1}"
-    result, summary = run_watched(arm, round_spec, run, label, emit=emit, interval_s=interval_s,
-                                  server_metrics=server_metrics)
+    result, summary = run_watched(arm, fitted.spec, lambda url, model, s: fitted.check(base(url, model, s)), label,
+                                  emit=emit, interval_s=interval_s, server_metrics=server_metrics)
     samples.add(result, k + 1, summary)
     if emit is not None:
         s = result.summary
         emit(f"llmserve: {label} done: {s.completed}/{s.requests} ok, {s.errors and sum(s.errors.values()) or 0} "
              f"errors, TTFT p95 {result.metrics()['ttft_p95_ms']:.1f} ms, {s.output_tok_s:,.0f} tok/s, "
              f"{s.duration_s:.1f} s" + ("" if result.valid else " (INVALID)"))
+
+
+def arm_of(handle: Any) -> Arm:
+    """A running server (ServerHandle) as one side of the comparison."""
+    return Arm(handle.target.name, handle.base_url, handle.model, handle.metrics_url)
+
+
+def capabilities_of(*handles: Any) -> Any:
+    """What every one of the servers accepts (None when one was not probed): the work both sides get."""
+    from .servers.capabilities import common
+
+    caps = [h.capabilities for h in handles]
+    return None if any(c is None for c in caps) else common(caps)
 
 
 def _now() -> str:
@@ -346,7 +362,8 @@ def main(argv: Sequence[str]) -> int:
     import sys
 
     from .progress import print_emitter
-    from .sweep import Parser, UsageExit, first_model, metrics_url_for
+    from .servers.capabilities import CapabilityError, common
+    from .sweep import Parser, UsageExit, first_model, metrics_url_for, probe_endpoints
 
     p = Parser(prog="llmserve promote", description="Engine-promotion gate: is the candidate slower than the "
                "incumbent by more than the margin? Live A/B runs are interleaved ABBA.")
@@ -362,8 +379,11 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--input-len", type=int, default=64)
     p.add_argument("--output-len", type=int, default=64)
-    p.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    p.add_argument("--endpoint", choices=("completions", "chat"),
+                   help="default: completions, or chat where a server has no completions endpoint")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--capability", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a probed capability of both servers, e.g. token_id_prompts=false (repeatable)")
     p.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="gated metrics (default %(default)s)")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="relative worsening that matters (0.10)")
     p.add_argument("--alpha", type=float, default=0.05)
@@ -385,7 +405,7 @@ def main(argv: Sequence[str]) -> int:
                             "--save-samples FILE to record a sample set)")
         if a.record_only and not a.save_samples:
             raise UsageExit("--record-only needs --save-samples FILE")
-        spec = LoadSpec(endpoint=a.endpoint, concurrency=a.concurrency, requests=a.requests, warmup=a.warmup,
+        spec = LoadSpec(endpoint=a.endpoint or "completions", concurrency=a.concurrency, requests=a.requests, warmup=a.warmup,
                         input_len=a.input_len, output_len=a.output_len, seed=a.seed)
         spec.validate()
 
@@ -393,8 +413,10 @@ def main(argv: Sequence[str]) -> int:
             return Arm(name, url, a.model or first_model(url), None if a.no_server_metrics else metrics_url_for(url))
 
         kw = {"options": ClientOptions(workers=a.workers), "emit": None if a.quiet else print_emitter(),
-              "interval_s": a.progress_interval}
+              "interval_s": a.progress_interval, "explicit": ("endpoint",) if a.endpoint else ()}
         candidate = arm(a.candidate_name, a.candidate_url)
+        live = [candidate] + ([arm(a.incumbent_name, a.incumbent_url)] if a.incumbent_url else [])
+        kw["capabilities"] = common(list(probe_endpoints(live, a.capability).values()))
         if a.record_only:
             saved = save_samples(run_rounds(candidate, spec, a.rounds, **kw), a.save_samples)
             print(f"recorded {a.rounds} round(s) of {candidate.name} to {saved}")
@@ -403,7 +425,7 @@ def main(argv: Sequence[str]) -> int:
                                        else arm(a.incumbent_name, a.incumbent_url))
         ab = run_ab(candidate, incumbent, spec, rounds=a.rounds, metrics=[m for m in a.metrics.split(",") if m],
                     margin=a.margin, alpha=a.alpha, beta=a.beta, allow_invalid=a.allow_invalid, **kw)
-    except (UsageExit, ValueError, ConnectionError, OSError) as exc:
+    except (UsageExit, ValueError, ConnectionError, OSError, CapabilityError) as exc:
         print(f"llmserve promote: {exc}", file=sys.stderr)
         return 3
     if a.save_samples:

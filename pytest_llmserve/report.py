@@ -110,6 +110,8 @@ def terminal_summary(reporter: Any, state: LlmserveSession) -> None:
     reporter.write_sep("=", "llmserve summary")
     reporter.write_line(f"hardware: {state.hardware.label} ({state.hardware.label_source}); "
                         f"baselines: {state.store.root}")
+    for name, caps in state.pool.probed.items():
+        reporter.write_line(f"server {name}: {caps.describe()}")
     if state.results:
         failed = sum(1 for e in state.results if not e.passed)
         reporter.write_line(f"{len(state.results)} checks: {len(state.results) - failed} passed, {failed} failed "
@@ -167,6 +169,7 @@ def write_reports(state: LlmserveSession) -> None:
             ],
             "unused_baselines": [{"file": str(p), "test_id": t} for p, t in unused_baselines(state)],
             "leftover_processes": state.leftovers,
+            "servers": {name: caps.to_dict() for name, caps in state.pool.probed.items()},  # probed capabilities
         }
         state.report_json.parent.mkdir(parents=True, exist_ok=True)
         state.report_json.write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from .config import Target
@@ -17,3 +19,14 @@ def partner_target_name(target: Target, key: str, *, what: str, placeholder: str
         pytest.fail(f"target {target.name!r} names itself as {key}" + (f"; {self_advice}" if self_advice else ""),
                     pytrace=False)
     return name
+
+
+def require_capabilities(server: Any, *names: str, suite: str) -> None:
+    """Skip the test when the server's probed (or configured) capabilities lack what `suite` needs, saying which."""
+    caps = getattr(server, "capabilities", None)
+    if caps is None:  # not probed (not an OpenAI server): the suite finds out itself
+        return
+    missing = [n for n in names if not getattr(caps, n)]
+    if missing:
+        pytest.skip(f"target {server.target.name!r}: the {suite} suite needs {' and '.join(missing)}, which the server "
+                    f"does not offer: {'; '.join(caps.missing(n) for n in missing)}")

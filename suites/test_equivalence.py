@@ -17,12 +17,14 @@ from pytest_llmserve.equivalence_run import run_equivalence
 from pytest_llmserve.reference import ReferenceError
 from pytest_llmserve.server_logprobs import ServerLogprobsError
 from pytest_llmserve.session import ResultEntry, get_session
+from pytest_llmserve.suite_options import require_capabilities
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parents[1] / "fixtures" / "prompts" / "stdlib-64.jsonl"
 
 
 @pytest.mark.equivalence
 def test_greedy_tokens_match_hf_reference(request, llm_target, llm_server):
+    require_capabilities(llm_server, "token_id_prompts", "logprobs", suite="equivalence")
     session = get_session(request.config)
     try:
         run = run_equivalence(llm_server, cache_dir=session.store.root / "reference",

@@ -31,7 +31,7 @@ from pytest_llmserve.accuracy_run import DEFAULT_TOLERANCE, compare_targets
 from pytest_llmserve.accuracy_tasks import DEFAULT_CONCURRENCY, TaskFileError, load_task
 from pytest_llmserve.precision import PrecisionUnknown
 from pytest_llmserve.session import ResultEntry, get_session
-from pytest_llmserve.suite_options import partner_target_name
+from pytest_llmserve.suite_options import partner_target_name, require_capabilities
 
 BUNDLED_TASKS = Path(__file__).resolve().parents[1] / "fixtures" / "tasks"
 
@@ -69,6 +69,8 @@ def test_precision_change_keeps_accuracy(request, llm_target, llm_servers):
         pytest.fail(str(exc), pytrace=False)
     session = get_session(request.config)
     baseline, candidate = llm_servers(reference_name), llm_servers(llm_target.name)
+    require_capabilities(candidate, "token_id_prompts", "logprobs", suite="accuracy")
+    require_capabilities(baseline, "token_id_prompts", "logprobs", suite="accuracy")
     references = AccuracyReferences(root=session.store.root, hardware=session.hardware.label,
                                     model=model_label(llm_target), update=session.store.update,
                                     alpha=_number(llm_target, "accuracy_alpha", 0.05))

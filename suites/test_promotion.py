@@ -26,7 +26,7 @@ import pytest
 from pytest_llmserve.checks.promotion import DEFAULT_MARGIN
 from pytest_llmserve.load import LoadSpec
 from pytest_llmserve.progress import pytest_emitter
-from pytest_llmserve.promotion_run import DEFAULT_METRICS, Arm, run_ab
+from pytest_llmserve.promotion_run import DEFAULT_METRICS, arm_of, capabilities_of, run_ab
 from pytest_llmserve.session import ResultEntry, get_session
 from pytest_llmserve.suite_options import partner_target_name
 
@@ -52,8 +52,7 @@ def test_candidate_is_not_slower_than_incumbent(request, llm_target, llm_servers
                     warmup=min(8, requests), input_len=_option(llm_target, "promotion_input_len", 64),
                     output_len=_option(llm_target, "promotion_output_len", 64))
     try:
-        ab = run_ab(Arm(cand.target.name, cand.base_url, cand.model, cand.metrics_url),
-                    Arm(inc.target.name, inc.base_url, inc.model, inc.metrics_url), spec,
+        ab = run_ab(arm_of(cand), arm_of(inc), spec, capabilities=capabilities_of(cand, inc),
                     rounds=_option(llm_target, "promotion_rounds", 4),
                     metrics=_option(llm_target, "promotion_metrics", list(DEFAULT_METRICS), list),
                     margin=_option(llm_target, "promotion_margin", DEFAULT_MARGIN, float),

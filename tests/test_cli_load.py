@@ -29,7 +29,8 @@ def test_load_writes_json_with_percentiles_throughput_errors_and_verdict(tmp_pat
     assert d["requests"] == 4 and d["completed"] == 4 and d["errors"] == {}
     assert d["output_tok_s"] > 0 and "valid" in d and "client_check" in d
     assert d["model"] == "served-name"  # discovered from GET /v1/models
-    assert all(t["max_tokens"] == 3 for t in truth) and len(d["records"]) == 6  # 2 warm-up + 4
+    load = [t for t in truth if t["max_tokens"] != 1]  # the capability probe's requests ask for one token
+    assert all(t["max_tokens"] == 3 for t in load) and len(load) == len(d["records"]) == 6  # 2 warm-up + 4
     assert code == (0 if d["valid"] else 1)
     table = capsys.readouterr().out
     assert "TTFT" in table and ("VALID" in table)
@@ -38,7 +39,7 @@ def test_load_writes_json_with_percentiles_throughput_errors_and_verdict(tmp_pat
 def test_invalid_run_exits_1_and_says_why(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run.json"
     with TruthServer(Script(ttft_ms=1, itl_ms=1, tokens=2)) as srv:
-        code = main(["load", "--url", srv.url, "--model", "m", "--requests", "2", "--output-len", "5",
+        code = main(["load", "--url", srv.url, "--model", "truth-model", "--requests", "2", "--output-len", "5",
                      "--json", str(out)])
     assert code == 1
     assert json.loads(out.read_text())["token_mismatches"] == 2
@@ -48,14 +49,14 @@ def test_invalid_run_exits_1_and_says_why(tmp_path: Path, capsys: pytest.Capture
 def test_open_loop_flags_and_chat_endpoint(tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     with TruthServer(Script(ttft_ms=1, itl_ms=1)) as srv:
-        main(["load", "--url", srv.url, "--model", "m", "--rate", "100", "--arrival", "constant", "--requests", "5",
+        main(["load", "--url", srv.url, "--model", "truth-model", "--rate", "100", "--arrival", "constant", "--requests", "5",
               "--output-len", "2", "--endpoint", "chat", "--warmup", "0", "--json", str(out), "--quiet",
               "--extra-body", '{"temperature": 0}', "--header", "x-test: 1"])
         truth = srv.truth()
     d = json.loads(out.read_text())
     assert d["spec"]["rate"] == 100 and d["spec"]["endpoint"] == "chat"
     assert d["ttft_from_schedule_ms"]["n"] == 5
-    assert all(t["path"] == "/v1/chat/completions" for t in truth)
+    assert all(t["path"] == "/v1/chat/completions" for t in truth if t["max_tokens"] != 1)  # (1: the probe's)
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -65,7 +66,7 @@ def test_open_loop_flags_and_chat_endpoint(tmp_path: Path) -> None:
     (["--header", "nocolon"], "NAME:VALUE"),
 ])
 def test_bad_arguments_exit_2_with_a_message(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
-    code = main(["load", "--url", "http://127.0.0.1:9", "--model", "m", "--output-len", "2", *args])
+    code = main(["load", "--url", "http://127.0.0.1:9", "--model", "truth-model", "--output-len", "2", *args])
     assert code == 2 and message in capsys.readouterr().err
 
 

@@ -301,7 +301,7 @@ def test_dead_external_endpoint_fails_after_its_startup_timeout_naming_the_targe
     with pytest.raises(ServerStartError) as info:
         start_server(target, tmp_path)
     assert str(info.value) == ("server for target 'ext' was not ready after 1 s "
-                               "(startup_timeout_s; last probe: GET /v1/models: ConnectError)")
+                               "(startup_timeout_s; last probe: GET /health: ConnectError)")
 
 
 def test_the_reaper_of_a_server_that_ended_by_itself_leaves_at_once_and_touches_nothing(tmp_path):

@@ -150,6 +150,10 @@ def evaluate(shards: Sequence[Shard], summary: LoadSummary, spec: LoadSpec, limi
                        "the client could not keep up with the load")
     if not kernel:
         notes.append("kernel receive timestamps unavailable: arrival times are taken after each read")
+    if any(getattr(s, "parser_fallback", False) for s in shards):
+        from .client import NO_HTTPTOOLS
+
+        notes.append(NO_HTTPTOOLS)
     return ClientCheck(
         valid=not reasons, reasons=reasons,
         loop_lag_p50_ms=_ms(loop, 50), loop_lag_p99_ms=loop_p99, loop_lag_max_ms=loop_max,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .check import ClientCheck, evaluate
@@ -25,6 +25,7 @@ class RunResult:
     client_check: ClientCheck
     valid: bool
     invalid_reasons: list[str]
+    work: dict[str, Any] = field(default_factory=dict)  # how the work was fitted to the server (load/fit.py)
 
     def metrics(self) -> dict[str, float]:
         """Flat metrics: <ttft|itl|tpot|e2e>_<p50|p90|p95|p99|mean>_ms, output_tok_s, requests_s, error_rate."""
@@ -72,6 +73,7 @@ class RunResult:
             "client_check": self.client_check.to_dict(),
             "metrics": self.metrics(),
             "spec": spec,
+            "work": dict(self.work),
             "definitions": {
                 "clock": "CLOCK_REALTIME ns; arrivals are kernel receive timestamps (SO_TIMESTAMPNS)",
                 "ttft_ms": "first chunk with non-empty text (not role-only) minus send",

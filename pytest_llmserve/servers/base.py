@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from ..config import Target
 from .process import ManagedProcess, read_tail
+
+if TYPE_CHECKING:
+    from .capabilities import Capabilities
 
 
 class ServerError(Exception):
@@ -46,6 +49,9 @@ class LaunchPlan:
     cwd: Path | None = None
     files: dict[Path, str] = field(default_factory=dict)  # files to write before launch (e.g. YAML options)
     lists_models: bool = True  # serves OpenAI GET /v1/models, so the served name can be checked
+    openai_api: bool = True  # speaks the OpenAI API: its capabilities are probed once it is ready
+    readiness_route: str = "/health"  # what the probes above wait on (`answered` may say otherwise)
+    answered: dict[str, str] = field(default_factory=dict)  # filled by a readiness probe: {"route": ...}
 
 
 class Backend(Protocol):
@@ -70,6 +76,7 @@ class ServerHandle:
     metrics_url: str | None = None
     startup_s: float | None = None
     workdir: Path | None = None
+    capabilities: Capabilities | None = None  # what its API accepts (probed at start-up; None: not OpenAI)
 
     def workdir_file(self, relative: str) -> Path | None:
         """A file the backend generated for this server (e.g. a Triton model repository entry)."""

@@ -10,6 +10,7 @@ from typing import Callable
 
 from ..config import Target
 from .base import Backend, LaunchPlan, PortCollision, ServerHandle, ServerStartError, describe_exit
+from .capabilities import Capabilities, CapabilityError, probe_capabilities
 from .openai import OpenAIBackend
 from .probes import served_models
 from .process import ManagedProcess, free_port, read_tail
@@ -45,6 +46,7 @@ class ServerPool:
     handles: dict[str, ServerHandle] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     leftovers: dict[str, list[int]] = field(default_factory=dict)
+    probed: dict[str, Capabilities] = field(default_factory=dict)  # kept after the servers stop (for reports)
 
     def get(self, target: Target) -> ServerHandle:
         """The running server for `target`, starting it on first use; a failed start is not retried."""
@@ -52,10 +54,12 @@ class ServerPool:
             raise ServerStartError(self.failures[target.name])
         if target.name not in self.handles:
             try:
-                self.handles[target.name] = start_server(target, self.log_dir, self.progress)
+                self.handles[target.name] = handle = start_server(target, self.log_dir, self.progress)
             except ServerStartError as exc:
                 self.failures[target.name] = str(exc)
                 raise
+            if handle.capabilities is not None:
+                self.probed[target.name] = handle.capabilities
         return self.handles[target.name]
 
     def stop(self, name: str) -> list[int]:
@@ -82,6 +86,7 @@ def start_server(target: Target, log_dir: Path, progress: Callable[[str], None] 
         plan = backend.plan(target, 0, log_dir)
         handle = ServerHandle(target=target, base_url=plan.base_url, model=target.model_name, metrics_url=plan.metrics_url)
         _wait_ready(handle, plan, target.startup_timeout_s)
+        _probe(handle, plan, progress)
         return handle
     last_error: ServerStartError | None = None
     for attempt in range(1, PORT_ATTEMPTS + 1):
@@ -124,11 +129,42 @@ def start_server(target: Target, log_dir: Path, progress: Callable[[str], None] 
             process.terminate_tree()
             raise
         handle.startup_s = time.monotonic() - started
+        try:
+            _probe(handle, plan, progress)
+        except BaseException:
+            process.terminate_tree()
+            raise
         process.remember_tree()
         progress(f"llmserve: target {target.name!r} ready in {handle.startup_s:.1f} s at {plan.base_url}")
         return handle
     assert last_error is not None
     raise last_error
+
+
+def _probe(handle: ServerHandle, plan: LaunchPlan, progress: Callable[[str], None]) -> None:
+    """Find out what the server's API accepts (once, before any load); a wrong server or model stops here."""
+    if not plan.openai_api:
+        return
+    target = handle.target
+    try:
+        handle.capabilities = probe_capabilities(
+            handle.base_url, handle.model, readiness=plan.answered.get("route", plan.readiness_route),
+            overrides=target.capabilities, tokenizer_candidates=tokenizer_candidates(target), target=target.name)
+    except CapabilityError as exc:
+        raise ServerStartError(str(exc)) from None
+    if not handle.capabilities.metrics:
+        handle.metrics_url = None  # nothing to sample during load
+    progress(f"llmserve: target {target.name!r} capabilities: {handle.capabilities.describe()}")
+
+
+def tokenizer_candidates(target: Target) -> tuple[str, ...]:
+    """Where a local tokenizer for the target's model may be: its model path, as given or beside the config."""
+    if not target.model:
+        return ()
+    out = [target.model]
+    if not target.source.startswith("<"):
+        out.append(str(Path(target.source).parent / target.model))
+    return tuple(out)
 
 
 def _wait_ready(handle: ServerHandle, plan: LaunchPlan, timeout_s: float) -> None:
@@ -146,7 +182,10 @@ def _wait_ready(handle: ServerHandle, plan: LaunchPlan, timeout_s: float) -> Non
             if not handle.alive():
                 code = handle.process.returncode() if handle.process else None
                 raise ServerStartError(describe_exit(handle.target, code, handle.log_path, "exited while starting"))
-            reason = probe.check(handle.base_url)
+            try:
+                reason = probe.check(handle.base_url)
+            except CapabilityError as exc:  # answers, but is not what the target says (not OpenAI, wrong model)
+                raise ServerStartError(str(exc)) from None
             if reason is None:
                 break
             if time.monotonic() > deadline:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Target
-from .base import LaunchPlan
-from .probes import completion_ok, http_ok
+from .base import LaunchPlan, Probe
+from .capabilities import ready_check
 
 
 @dataclass(frozen=True)
@@ -16,12 +16,27 @@ class OpenAIBackend:
 
     def plan(self, target: Target, port: int, workdir: Path) -> LaunchPlan:
         base_url = str(target.url)
+        route = target.capabilities.get("readiness")
+        answered: dict[str, str] = {}
+        check = ready_check(target.model_name, route, target=target.name)
+
+        def ready(url: str) -> str | None:
+            found, why = check(url)
+            if found:
+                answered["route"] = found
+            return why
+
+        # a server of unknown make: whichever of /health, /v1/models, a one-token request answers first;
+        # the served model is checked by the capability probe (some servers answer /v1/models with 500)
         return LaunchPlan(
             argv=[],
             env={},
             base_url=base_url,
-            probes=(http_ok("/v1/models"), completion_ok(target.model_name)),
+            probes=(Probe(f"GET {route}" if route else "any readiness route", ready),),
             metrics_url=base_url + "/metrics",
+            lists_models=False,
+            readiness_route=route or "/health",
+            answered=answered,
         )
 
     def is_port_collision(self, log_text: str) -> bool:

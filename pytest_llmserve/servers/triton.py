@@ -117,6 +117,8 @@ class TritonBackend:
             cwd=workdir,
             files={workdir / "fill_template_commands.sh": "\n".join(repo.fill_commands) + "\n"},
             lists_models=False,  # KServe v2, not OpenAI: the ready probe names the model instead
+            openai_api=False,
+            readiness_route="/v2/health/ready",
         )
 
     def is_port_collision(self, log_text: str) -> bool:

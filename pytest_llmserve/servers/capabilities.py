@@ -1,0 +1,393 @@
+"""What an OpenAI-compatible server accepts, probed once at start-up, so load is shaped to fit it.
+
+Servers behind the same URL shape accept different subsets of vLLM's extensions (token-id prompts,
+`ignore_eos`, `min_tokens`, logprobs, a model list, /metrics). A handful of tiny control-plane
+requests (one-token completions, outside any measured window) find out which; each fact can be
+overridden per target (`capabilities = { token_id_prompts = false }`). A URL that is not an OpenAI
+server, or one that does not serve the configured model, is refused here with one line, before
+any load runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import httpx
+
+READINESS_ROUTES = ("/health", "/v1/models", "completion")
+# key -> (type, what it means); config validation and the report use the same table
+OVERRIDES: dict[str, tuple[type, str]] = {
+    "readiness": (str, "route that says the server is ready: /health, /v1/models or completion"),
+    "completions": (bool, "POST /v1/completions exists"),
+    "chat": (bool, "POST /v1/chat/completions exists"),
+    "token_id_prompts": (bool, "completions accept a prompt given as token ids"),
+    "ignore_eos": (bool, "the ignore_eos request field is accepted"),
+    "min_tokens": (bool, "the min_tokens request field is accepted"),
+    "usage": (bool, "streamed responses end with usage counts"),
+    "logprobs": (bool, "completions return logprobs"),
+    "metrics": (bool, "GET /metrics serves Prometheus text"),
+    "tokenizer": (str, "local tokenizer (model directory) used to build exact-length text prompts"),
+}
+PROBE_IDS = [10, 11, 12]  # token ids that exist in every real vocabulary (specials sit at 0..9)
+TIMEOUT_S = 30.0
+
+
+class CapabilityError(Exception):
+    """The server at the URL is not an OpenAI server, or does not serve the model: one line saying which."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Facts about one server's API, probed (or overridden in config); `overridden` names the latter."""
+
+    readiness: str = "/health"
+    completions: bool = True
+    chat: bool = True
+    token_id_prompts: bool = True
+    ignore_eos: bool = True
+    min_tokens: bool = True
+    usage: bool = True
+    logprobs: bool = True
+    metrics: bool = True
+    tokenizer: str | None = None
+    models: tuple[str, ...] | None = None  # what GET /v1/models listed (None: it did not answer a list)
+    stream_done: bool = True  # streams end with `data: [DONE]`
+    server: str = ""  # the Server response header, when sent
+    overridden: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what the probe saw that explains a "no"
+
+    @property
+    def matched_work(self) -> str:
+        """'forced' when the server can be told to decode exactly max_tokens, else 'verified'."""
+        return "forced" if self.ignore_eos or self.min_tokens else "verified"
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint load goes to unless a test names one."""
+        return "completions" if self.completions else "chat"
+
+    def missing(self, name: str) -> str:
+        """Why `name` is False, for skip messages: probed or overridden, and what the probe saw."""
+        how = "set in the target's capabilities table" if name in self.overridden else "probed at start-up"
+        seen = [n for n in self.notes if n.startswith(name + ":")]
+        return f"{name} = false ({how}{'; ' + seen[0].split(':', 1)[1].strip() if seen else ''})"
+
+    def describe(self) -> str:
+        """One line for progress output and the terminal summary."""
+        yes = [k for k in ("completions", "chat", "token_id_prompts", "ignore_eos", "min_tokens", "usage", "logprobs",
+                           "metrics") if getattr(self, k)]
+        no = [k for k in ("completions", "chat", "token_id_prompts", "ignore_eos", "min_tokens", "usage", "logprobs",
+                          "metrics") if not getattr(self, k)]
+        text = f"ready via {self.readiness}; has {', '.join(yes) or 'nothing'}"
+        if no:
+            text += f"; lacks {', '.join(no)}"
+        text += f"; matched work {'forced' if self.matched_work == 'forced' else 'verified, not forced'}"
+        if not self.token_id_prompts:
+            text += f"; text prompts via tokenizer {self.tokenizer}" if self.tokenizer else "; text prompts (no tokenizer)"
+        if not self.stream_done:
+            text += "; streams end without [DONE]"
+        if self.overridden:
+            text += f"; overridden: {', '.join(self.overridden)}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["matched_work"] = self.matched_work
+        d["models"] = list(self.models) if self.models is not None else None
+        d["overridden"], d["notes"] = list(self.overridden), list(self.notes)
+        return d
+
+
+def common(caps: list[Capabilities]) -> Capabilities:
+    """What every one of several servers accepts (sweeps and A/B runs send all of them the same requests)."""
+    first = caps[0]
+    flags = {k: all(getattr(c, k) for c in caps) for k, (kind, _) in OVERRIDES.items() if kind is bool}
+    tokenizer = next((c.tokenizer for c in caps if c.tokenizer), None)
+    return dataclasses.replace(first, **flags, tokenizer=tokenizer,
+                               notes=tuple(n for c in caps for n in c.notes))
+
+
+def validate_overrides(raw: Any) -> tuple[str | None, Any, str] | None:
+    """None when `raw` is a valid capabilities table, else (key, value, problem) for config.py's error line."""
+    if not isinstance(raw, Mapping):
+        return None, raw, "must be a table, e.g. capabilities = { token_id_prompts = false }"
+    for key, value in raw.items():
+        if key not in OVERRIDES:
+            return key, value, f"unknown capability; known: {', '.join(OVERRIDES)}"
+        kind, _ = OVERRIDES[key]
+        if kind is bool and not isinstance(value, bool):
+            return key, value, "must be true or false"
+        if kind is str and (not isinstance(value, str) or not value):
+            return key, value, "must be a non-empty string"
+        if key == "readiness" and value not in READINESS_ROUTES:
+            return key, value, f"must be one of {', '.join(READINESS_ROUTES)}"
+    return None
+
+
+# ---------------------------------------------------------------------------- probing
+@dataclass
+class _Answer:
+    status: int | None  # None: no HTTP answer (connection error)
+    body: Any  # parsed JSON, or the text
+    text: str
+    headers: Mapping[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and isinstance(self.body, dict)
+
+    def short(self) -> str:
+        if self.status is None:
+            return self.text
+        if self.status == 200 and not isinstance(self.body, dict):
+            return f"HTTP 200 but not a JSON object ({self.headers.get('content-type', 'no content-type')})"
+        return f"HTTP {self.status}" + (f": {error_message(self)}" if self.status != 200 else "")
+
+
+def error_message(answer: _Answer) -> str:
+    """The server's own words for an error, whatever its error schema (OpenAI, FastAPI, plain text)."""
+    body = answer.body
+    if isinstance(body, dict):
+        err = body.get("error", body.get("detail", body.get("message")))
+        if isinstance(err, dict):
+            err = err.get("message", err)
+        if err is not None:
+            return " ".join(str(err).split())[:200]
+    return " ".join(answer.text.split())[:200] or "(empty body)"
+
+
+class _Client:
+    def __init__(self, base_url: str, headers: Mapping[str, str]) -> None:
+        self.base_url, self.headers = base_url.rstrip("/"), dict(headers)
+
+    def call(self, method: str, path: str, body: dict | None = None) -> _Answer:
+        try:
+            r = httpx.request(method, self.base_url + path, json=body, headers=self.headers, timeout=TIMEOUT_S)
+        except (httpx.HTTPError, OSError) as exc:
+            return _Answer(None, None, type(exc).__name__, {})
+        try:
+            parsed = r.json()
+        except ValueError:
+            parsed = r.text
+        return _Answer(r.status_code, parsed, r.text, r.headers)
+
+    def stream(self, path: str, body: dict) -> tuple[_Answer, list[Any], bool]:
+        """POST a streaming request: (answer head, parsed events, whether [DONE] came)."""
+        events: list[Any] = []
+        done = False
+        try:
+            with httpx.stream("POST", self.base_url + path, json=body, headers=self.headers, timeout=TIMEOUT_S) as r:
+                if r.status_code != 200:
+                    r.read()
+                    return _Answer(r.status_code, _json_or_text(r.text), r.text, r.headers), [], False
+                for line in r.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        done = True
+                        continue
+                    events.append(_json_or_text(data))
+                return _Answer(200, {}, "", r.headers), events, done
+        except (httpx.HTTPError, OSError) as exc:
+            return _Answer(None, None, type(exc).__name__, {}), events, done
+
+
+def _json_or_text(text: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _model_refused(answer: _Answer, model: str) -> bool:
+    """A 4xx whose message is about the model (vLLM 404 'The model `x` does not exist', transformers 400 'pinned to')."""
+    if answer.status is None or not 400 <= answer.status < 500:
+        return False
+    msg = error_message(answer).lower()
+    quoted = any(f"{q}{model.lower()}{q}" in msg for q in ("'", "`", '"'))
+    return quoted or "model" in msg and any(w in msg for w in ("not exist", "not found", "pinned", "unknown model",
+                                                               "not serve", "invalid model"))
+
+
+def _who(target: str) -> str:
+    return f"target {target!r}" if target else "the run"
+
+
+def model_refused(target: str, model: str, base_url: str, answer: _Answer) -> CapabilityError:
+    return CapabilityError(f"{_who(target)} expects model {model!r} but the server at {base_url} refuses it "
+                           f"({answer.short()}); set served_model_name (or model for kind 'openai') to the name it "
+                           "serves")
+
+
+def probe_capabilities(base_url: str, model: str, *, readiness: str = "/health", overrides: Mapping[str, Any] = {},
+                       headers: Mapping[str, str] = {}, tokenizer_candidates: tuple[str, ...] = (),
+                       target: str = "") -> Capabilities:
+    """Ask the (ready) server what it accepts; raise CapabilityError when it is not an OpenAI server for `model`."""
+    c = _Client(base_url, headers)
+    notes: list[str] = []
+    facts: dict[str, Any] = {"readiness": readiness}
+    models_answer = c.call("GET", "/v1/models")
+    models = None
+    if models_answer.ok and isinstance(models_answer.body.get("data"), list):
+        models = tuple(str(m.get("id")) for m in models_answer.body["data"] if isinstance(m, dict))
+        if model not in models:
+            raise CapabilityError(f"{_who(target)} expects model {model!r} but the server at {base_url} serves "
+                                  f"{list(models)}; set served_model_name (or model for kind 'openai')")
+        roots = [str(m.get("root")) for m in models_answer.body["data"] if isinstance(m, dict) and m.get("id") == model
+                 and m.get("root")]
+        tokenizer_candidates = (*tokenizer_candidates, *roots)
+    else:
+        notes.append(f"models: GET /v1/models answered {models_answer.short()}")
+
+    def one(path: str, **fields: Any) -> _Answer:
+        body = {"model": model, "max_tokens": 1, "temperature": 0, **fields}
+        return c.call("POST", path, body)
+
+    text = "Hello"
+    comp = one("/v1/completions", prompt=PROBE_IDS) if overrides.get("token_id_prompts", True) else None
+    if comp is not None and comp.ok:
+        facts["completions"] = facts["token_id_prompts"] = True
+    else:
+        plain = one("/v1/completions", prompt=text)
+        facts["completions"] = plain.ok
+        facts["token_id_prompts"] = False
+        if comp is not None and plain.ok:
+            notes.append(f"token_id_prompts: a prompt of token ids got {comp.short()}")
+        if not plain.ok:
+            notes.append(f"completions: POST /v1/completions answered {plain.short()}")
+        comp = plain
+    chat = one("/v1/chat/completions", messages=[{"role": "user", "content": text}])
+    facts["chat"] = chat.ok
+    if not chat.ok:
+        notes.append(f"chat: POST /v1/chat/completions answered {chat.short()}")
+    for answer in (comp, chat):
+        if _model_refused(answer, model):
+            raise model_refused(target, model, base_url, answer)
+    if not facts["completions"] and not facts["chat"]:
+        seen = "; ".join([f"GET /v1/models {models_answer.short()}", f"POST /v1/completions {comp.short()}",
+                          f"POST /v1/chat/completions {chat.short()}"])
+        raise CapabilityError(f"{_who(target)}: the server at {base_url} is not an OpenAI-compatible server for "
+                              f"model {model!r} "
+                              f"({seen}); check the URL (scheme, host, port, no path after it) and the model name")
+    path = "/v1/completions" if facts["completions"] else "/v1/chat/completions"
+    form: dict[str, Any] = ({"prompt": PROBE_IDS if facts["token_id_prompts"] else text} if facts["completions"]
+                            else {"messages": [{"role": "user", "content": text}]})
+    for field, value in (("ignore_eos", True), ("min_tokens", 1)):
+        if field in overrides:
+            continue
+        answer = one(path, **form, **{field: value})
+        facts[field] = answer.ok
+        if not answer.ok:
+            notes.append(f"{field}: the field got {answer.short()}")
+    if "usage" not in overrides:
+        head, events, done = c.stream(path, {"model": model, "max_tokens": 1, "temperature": 0, "stream": True,
+                                             "stream_options": {"include_usage": True}, **form})
+        facts["usage"] = any(isinstance(e, dict) and isinstance(e.get("usage"), dict) for e in events)
+        facts["stream_done"] = done
+        if not facts["usage"]:
+            notes.append(f"usage: a streamed request ({head.short()}) ended without usage counts")
+    if "logprobs" not in overrides and facts["completions"]:
+        answer = one("/v1/completions", prompt=form.get("prompt", text), logprobs=2)
+        choice = (answer.body.get("choices") or [{}])[0] if answer.ok else {}
+        facts["logprobs"] = isinstance(choice, dict) and bool(choice.get("logprobs"))
+        if not facts["logprobs"]:
+            notes.append("logprobs: " + (f"a request with logprobs=2 got {answer.short()}" if not answer.ok
+                                         else "a request with logprobs=2 came back without logprobs"))
+    elif "logprobs" not in overrides:
+        facts["logprobs"] = False
+        notes.append("logprobs: no completions endpoint to ask")
+    if "metrics" not in overrides:
+        answer = c.call("GET", "/metrics")
+        facts["metrics"] = answer.status == 200 and "# TYPE" in answer.text
+        if not facts["metrics"]:
+            notes.append(f"metrics: GET /metrics answered {answer.short() if answer.status != 200 else 'no Prometheus text'}")
+    facts.update({k: v for k, v in overrides.items() if k != "tokenizer"})
+    tokenizer = overrides.get("tokenizer") or find_tokenizer(tokenizer_candidates)
+    return Capabilities(**facts, tokenizer=tokenizer, models=models, server=str(comp.headers.get("server", "")),
+                        overridden=tuple(sorted(overrides)), notes=tuple(notes))
+
+
+def probe_url(base_url: str, model: str, *, overrides: Mapping[str, Any] = {}, headers: Mapping[str, str] = {},
+              tokenizer_candidates: tuple[str, ...] = ()) -> Capabilities:
+    """For command lines: one readiness check (the server should be up), then the full probe; CapabilityError
+    (one line) when it is down, not an OpenAI server or does not serve `model`."""
+    route, why = ready_check(model, overrides.get("readiness"), headers)(base_url.rstrip("/"))
+    if route is None:
+        raise CapabilityError(f"the server at {base_url} is not ready ({why})")
+    return probe_capabilities(base_url.rstrip("/"), model, readiness=route, overrides=overrides, headers=headers,
+                              tokenizer_candidates=(*tokenizer_candidates, model))
+
+
+def parse_override_args(items: list[str]) -> dict[str, Any]:
+    """`--capability KEY=VALUE` pairs (true/false for flags) into a validated overrides table."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--capability {item!r}: use KEY=VALUE, e.g. --capability token_id_prompts=false")
+        kind = OVERRIDES.get(key.strip(), (str, ""))[0]
+        out[key.strip()] = {"true": True, "false": False}.get(value.strip().lower(), value.strip()) if kind is bool \
+            else value.strip()
+    problem = validate_overrides(out)
+    if problem:
+        key, value, what = problem
+        raise ValueError(f"--capability {key}={value!r}: {what}")
+    return out
+
+
+def find_tokenizer(candidates: tuple[str, ...]) -> str | None:
+    """The first candidate that is a local directory holding a tokenizer (model paths, vLLM's model `root`)."""
+    for cand in candidates:
+        path = Path(cand).expanduser()
+        if path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
+                                                                  "tokenizer.model")):
+            return str(path.resolve())
+    return None
+
+
+# ---------------------------------------------------------------------------- readiness
+ROUTE_MISSING = {404, 405, 501}  # no such route / method: a server answering only these will never be ready
+
+
+def ready_check(model: str, route: str | None, headers: Mapping[str, str] = {},
+                target: str = "") -> Callable[[str], tuple[str | None, str | None]]:
+    """A readiness check for a server of unknown make: returns (route that answered 200, None) or (None, why not).
+
+    With `route` set only that route is tried; else /health, then /v1/models, then a one-token
+    completion (some servers have no /health, some answer /v1/models with 500).
+    """
+    routes = (route,) if route else READINESS_ROUTES
+
+    def check(base_url: str) -> tuple[str | None, str | None]:
+        c = _Client(base_url, headers)
+        seen = []
+        for r in routes:
+            if r == "completion":
+                answer = c.call("POST", "/v1/completions", {"model": model, "prompt": "Hello", "max_tokens": 1})
+                if _model_refused(answer, model):
+                    raise model_refused(target, model, base_url, answer)
+                if answer.status is not None and answer.status != 200:
+                    chat = c.call("POST", "/v1/chat/completions", {"model": model, "max_tokens": 1,
+                                                                 "messages": [{"role": "user", "content": "Hello"}]})
+                    answer = chat if chat.status == 200 else answer
+            else:
+                answer = c.call("GET", r)
+            if answer.status == 200:
+                return r, None
+            if answer.status is None:
+                return None, f"{'POST /v1/completions' if r == 'completion' else 'GET ' + r}: {answer.text}"
+            seen.append((r, answer))
+        statuses = {a.status for _, a in seen}
+        why = "; ".join(f"{'POST /v1/completions' if r == 'completion' else 'GET ' + r}: {a.short()}" for r, a in seen)
+        if statuses <= ROUTE_MISSING and not route:  # a server that is up, but has none of these routes
+            raise CapabilityError(f"{_who(target)}: the server at {base_url} is not an OpenAI-compatible server: "
+                                  f"{why}; check the URL (scheme, host, port, no path after it)")
+        return None, why
+
+    return check
