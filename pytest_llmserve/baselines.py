@@ -165,7 +165,7 @@ class BaselineStore:
         path = self.path_for(target)
         path.parent.mkdir(parents=True, exist_ok=True)
         side = sidecar_path(path)
-        with FileLock(str(path) + ".lock", timeout=120):
+        with lock_for(path, timeout=120):
             entries = self._read(path)
             samples = read_rounds_file(side, self.hardware)
             old = entries.get(test_id)
