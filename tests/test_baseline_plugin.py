@@ -183,4 +183,4 @@ def test_bad_counts_are_one_usage_error(pytester, args):
     pytester.makepyfile(test_x="def test_x():\n    pass\n")
     result = pytester.runpytest(*ARGS, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "must be an integer >=" in result.stderr.str()
+    assert f"{args[1]!r} is not an integer >= " in result.stderr.str()

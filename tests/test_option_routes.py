@@ -39,7 +39,10 @@ def route_values(route: str) -> dict[str, object]:
     }
 
 
-COVERED_ELSEWHERE: dict[str, str] = {}  # flag -> the test that proves it takes effect
+COVERED_ELSEWHERE: dict[str, str] = {  # flag -> the test that proves it takes effect from each route
+    "--llmserve-repeats": "tests/test_baseline_plugin.py::test_repeats_option_sets_the_rounds_recorded",
+    "--llmserve-retries": "tests/test_baseline_plugin.py::test_retries_option_sets_how_often_an_invalid_round_is_measured_again",
+}
 
 STANDIN = r"""
 import argparse, sys
