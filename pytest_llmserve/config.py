@@ -60,7 +60,9 @@ TARGET_KEYS = {
     "workloads": dict,
     "baseline_gate": dict,
     "capabilities": dict,
+    "unsupported_host": str,
 }
+UNSUPPORTED_HOST = ("fail", "skip")  # a target this host cannot run: its tests fail (default) or skip
 WORKLOAD_KEYS = ("profiles", "requests", "concurrency", "warmup", "max_model_len")
 CLIENT_KEYS = ("max_send_lag_p99_ms", "max_merged_token_frac", "merged_lag_tolerance_ms", "max_loop_lag_p99_ms", "workers")
 TOP_KEYS = {"baselines_dir": str, "hardware": str, "targets": list, "tolerance": dict, "baseline_gate": dict}
@@ -123,6 +125,7 @@ class Target:
     client_cpus: str | None = None  # pin the load client (the pytest process) to these CPUs while it runs
     workloads: Mapping[str, Any] = field(default_factory=dict)  # the workload suite: profiles, requests, ...
     capabilities: Mapping[str, Any] = field(default_factory=dict)  # probed API facts overridden (servers/capabilities.py)
+    unsupported_host: str = "fail"  # a host that cannot run this target (servers say why): fail or skip its tests
     source: str = "<memory>"
     baseline_gate: Mapping[str, Any] = field(default_factory=dict)  # validated; overlays the project's
 
@@ -295,6 +298,8 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
         if problem:
             key, value, what = problem
             err.fail(f"{where}.capabilities" + (f".{key}" if key else ""), value, what)
+    if raw.get("unsupported_host", "fail") not in UNSUPPORTED_HOST:
+        err.fail(f"{where}.unsupported_host", raw["unsupported_host"], f"must be one of {', '.join(UNSUPPORTED_HOST)}")
     concurrency = raw.get("concurrency", [1, 4, 16])
     if not concurrency or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in concurrency):
         err.fail(f"{where}.concurrency", concurrency, "must be a non-empty list of integers >= 1")
@@ -321,6 +326,7 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
         client_cpus=raw.get("client_cpus"),
         workloads=workloads,
         capabilities=dict(raw.get("capabilities", {})),
+        unsupported_host=raw.get("unsupported_host", "fail"),
         source=source,
         baseline_gate=_checked_gate(err, raw.get("baseline_gate", {}), f"{where}.baseline_gate"),
     )

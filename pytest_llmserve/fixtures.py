@@ -22,7 +22,7 @@ from .outcome import LoadOutcome
 from .progress import Heartbeat, Snapshot, pytest_emitter
 from .server_info import CacheReset, max_model_len, reset_prefix_cache
 from .server_metrics import MetricsSampler
-from .servers.base import ServerError, ServerHandle
+from .servers.base import HostUnsupported, ServerError, ServerHandle
 from .session import get_session
 
 
@@ -40,6 +40,8 @@ def _llm_server_session(request: pytest.FixtureRequest, llm_target: Target) -> S
     session = get_session(request.config)
     try:
         return session.pool.get(llm_target)
+    except HostUnsupported as exc:
+        _skip_or_fail(llm_target, exc)
     except ServerError as exc:
         _fail_once(str(exc))
 
@@ -61,10 +63,13 @@ def llm_servers(request: pytest.FixtureRequest) -> Callable[[str], ServerHandle]
 
     def get(name: str) -> ServerHandle:
         try:
-            handle = session.pool.get(session.config.target(name))
+            target = session.config.target(name)
+            handle = session.pool.get(target)
             handle.ensure_alive()
         except ConfigError as exc:
             _fail_once(f"llm_servers({name!r}): {exc}")
+        except HostUnsupported as exc:
+            _skip_or_fail(target, exc)
         except ServerError as exc:
             _fail_once(str(exc))
         return handle
@@ -207,6 +212,13 @@ def _fail_once(message: str) -> NoReturn:
 def _work_lines(fitted: FittedLoad) -> list[str]:
     """How the work was fitted to the server, for the SLO table's context lines."""
     return [fitted.describe(), *fitted.notes]
+
+
+def _skip_or_fail(target: Target, exc: HostUnsupported) -> NoReturn:
+    """A target this host cannot run: skip its tests where the target says `unsupported_host = "skip"`."""
+    if target.unsupported_host == "skip":
+        pytest.skip(f"{exc} (unsupported_host = \"skip\")")
+    _fail_once(f"{exc}; set unsupported_host = \"skip\" on the target to skip its tests on such hosts")
 
 
 def _fail_with_death(server: ServerHandle) -> None:

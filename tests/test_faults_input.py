@@ -228,7 +228,7 @@ def test_a_metric_the_run_cannot_measure_is_never_recorded_so_the_next_run_still
     pytester.makepyfile(test_one=ONE_TOKEN_TEST)
     pytester.runpytest_subprocess("--llmserve-hardware", "cpu-2c", "--update-baselines").assert_outcomes(passed=1)
     text = (pytester.path / "baselines" / "cpu-2c" / "one.json").read_text()
-    stored = json.loads(text)["entries"]["test_one.py::test_one_token[one]"]
+    stored = json.loads(text)["entries"]["test_one.py::test_one_token[one]"]["metrics"]
     assert "NaN" not in text and "tpot_p95_ms" not in stored and "ttft_p95_ms" in stored
     pytester.runpytest_subprocess("--llmserve-hardware", "cpu-2c").assert_outcomes(passed=1)
 
@@ -242,6 +242,7 @@ def test_a_baseline_entry_that_is_not_a_finite_number_is_a_corrupt_file_and_kept
     path.write_text('{"entries": {"m.py::t": {"ttft_p95_ms": %s}}}' % value)
     before = path.read_bytes()
     store = BaselineStore(tmp_path, "hw", update=True)
-    with pytest.raises(BaselineError, match=r"is corrupt \(entries must map test ids to \{metric: finite number\}\)"):
+    with pytest.raises(BaselineError, match=r"is corrupt \(entries must map test ids to \{metric: finite number\} or "
+                                         r"to \{shape, metrics: \{metric: \{value, ...\}\}\}\)"):
         store.compare("t", "m.py::t", {"ttft_p95_ms": 1.0}, {})
     assert path.read_bytes() == before

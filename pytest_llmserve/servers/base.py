@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
@@ -19,6 +20,10 @@ class ServerError(Exception):
 
 class ServerStartError(ServerError):
     """The server exited, hung or answered wrongly while starting."""
+
+
+class HostUnsupported(ServerStartError):
+    """The target cannot run on this host at all (e.g. an instruction set it needs is missing): not started."""
 
 
 class ServerDied(ServerError):
@@ -112,4 +117,21 @@ def describe_exit(target: Target, code: int | None, log_path: Path | None, what:
     how = "still running" if code is None else (f"killed by signal {-code}" if code < 0 else f"exit status {code}")
     tail = read_tail(log_path, 30)
     shown = "\n".join(f"  | {line}" for line in tail.splitlines()) or "  | (log is empty)"
-    return f"server for target {target.name!r} {what} ({how}); log {log_path}, last lines:\n{shown}"
+    cause = root_cause(read_tail(log_path, 2000))
+    because = f"; the log's last error: {cause}" if cause and cause not in tail else ""
+    return f"server for target {target.name!r} {what} ({how}){because}; log {log_path}, last lines:\n{shown}"
+
+
+_EXCEPTION_LINE = re.compile(r"\b((?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit)): (\S.*)$")
+_WRAPPERS = ("Engine core initialization failed", "WorkerProc initialization failed", "See root cause above",
+             "check the stack trace above")
+
+
+def root_cause(log_text: str) -> str | None:
+    """The last exception line of a log that is not a wrapper pointing elsewhere ("See root cause above"):
+    a long traceback's cause, which a 30-line tail often cuts off."""
+    for line in reversed(log_text.splitlines()):
+        match = _EXCEPTION_LINE.search(line)
+        if match and not any(w in match.group(2) for w in _WRAPPERS):
+            return f"{match.group(1)}: {match.group(2).strip()}"
+    return None

