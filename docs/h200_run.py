@@ -233,6 +233,9 @@ def run_sweep_pair(model_dir: Path, out: Path, a: argparse.Namespace, hardware: 
 SLO_TOML = """# written by docs/h200_run.py slo: a bare openai target at a transformers serve already running
 baselines_dir = "{baselines}"
 hardware = "auto"
+# the statistical gate's defaults (margins 10 % on TTFT p95, ITL p50, output tok/s; alpha 0.05; power 0.9)
+# with a per-test budget that fits one device call: 2 levels x (record + gate)
+baseline_gate = {{ budget_s = {budget:g}, repeats = {repeats} }}
 
 [[targets]]
 name = "hf-serve-1b"
@@ -240,6 +243,8 @@ kind = "openai"
 url = "{url}"
 model = "{model}"
 concurrency = [{levels}]
+# absolute limits of this 1.05 B model on one H200 (graphs on: ITL ~20 ms, TTFT p95 < 0.3 s up to c=32)
+slo = {{ ttft_p95_ms = 1000, itl_p95_ms = 100, e2e_p95_ms = 5000, max_error_rate = 0.0 }}
 """
 
 
@@ -252,7 +257,8 @@ def run_slo(model_dir: Path, out: Path, a: argparse.Namespace) -> int:
         log(f"{server.url} healthy after {server.wait_ready(a.startup_timeout):.1f} s")
         config = out / "llmserve.toml"
         config.write_text(SLO_TOML.format(baselines=out / "baselines", url=server.url, model=model_dir,
-                                          levels=", ".join(a.slo_levels.split(","))))
+                                          levels=", ".join(a.slo_levels.split(",")), budget=a.budget_s,
+                                          repeats=a.repeats))
         from importlib.metadata import entry_points
 
         # not pip-installed (the device runs from the copied tree): load the plugin by name
@@ -261,10 +267,12 @@ def run_slo(model_dir: Path, out: Path, a: argparse.Namespace) -> int:
                 str(ROOT / "suites"), "--llmserve-config", str(config), "-rA", "-q",
                 "--llmserve-baselines-dir", str(out / "baselines")]  # the repo's ini must not send them elsewhere
         for step, extra in (("update", ["--update-baselines"]), ("gate", [])):
-            extra += ["--llmserve-report-md", str(out / f"slo-{step}.md")]
+            extra += ["--llmserve-report-md", str(out / f"slo-{step}.md"),
+                      "--llmserve-report-json", str(out / f"slo-{step}.json")]
             log("$ " + " ".join(base + extra))
+            t0 = time.monotonic()
             codes.append(subprocess.call(base + extra, cwd=ROOT, env={**os.environ, **HF_ENV}))
-            log(f"pytest exit {codes[-1]}")
+            log(f"pytest ({step}) exit {codes[-1]} after {time.monotonic() - t0:.1f} s")
     finally:
         server.stop()
     return max(codes) if codes else 3
@@ -321,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sl.add_argument("--model", required=True)
     sl.add_argument("--out", required=True)
     sl.add_argument("--slo-levels", default="1,16", help="the target's concurrency list for suites/test_slo.py")
+    sl.add_argument("--budget-s", type=float, default=70.0, help="baseline_gate.budget_s: seconds per test and step")
+    sl.add_argument("--repeats", type=int, default=5, help="baseline_gate.repeats: rounds --update-baselines records")
     for q in (m, c, s, al, sl):
         q.add_argument("--device", default="cuda")
     for q in (m, al):
