@@ -248,7 +248,12 @@ def _run_client(server: ServerHandle, spec: LoadSpec, progress: LoadProgress | N
 
         endpoints = triton_endpoints(server.base_url)
         return run_triton_load(endpoints, spec, protocol=load_protocol(server.target)).to_run_result()
-    return run_load(server.base_url, server.model, spec, options=client_options(server.target, spec), progress=progress)
+    options = client_options(server.target, spec)
+    caps = server.capabilities
+    if caps is not None and caps.models is None:  # GET /v1/models failed at the probe (transformers serve: 500s
+        # with a traceback each): warm on the readiness route, or any cheap path; a 404 warms a connection as well
+        options = dataclasses.replace(options, warm_path=caps.readiness if caps.readiness.startswith("/") else "/health")
+    return run_load(server.base_url, server.model, spec, options=options, progress=progress)
 
 
 SERVER_CORES = 2  # kept for an unpinned server: vLLM's API server and engine core each keep one busy

@@ -99,9 +99,14 @@ def test_tiny_samples_are_inconclusive_and_say_what_would_decide():
     per_run = cmp("output_tok_s", one, one)  # one round a side: no run-to-run spread to judge by
     assert per_run.verdict == "inconclusive" and "--llmserve-repeats" in per_run.check.reason
     rng = np.random.default_rng(3)
-    few = cmp("ttft_p95_ms", rounds(rng, 3, 16), rounds(rng, 1, 16))
+    few = cmp("ttft_p95_ms", rounds(rng, 8, 64), rounds(rng, 1, 16))
     assert few.verdict == "inconclusive" and "more requests" in few.check.reason
-    assert not all_precise([p95, per_run, few]) and all_precise([])
+    # a baseline too small for a tail percentile: more candidate requests cannot help, re-recording can
+    small = cmp("ttft_p95_ms", rounds(rng, 3, 16), rounds(rng, 8, 64))
+    assert small.verdict == "inconclusive"
+    assert "the baseline holds 48 requests, fewer than the 200 a p95 needs" in small.check.reason
+    assert "--llmserve-repeats 13" in small.check.reason
+    assert not all_precise([p95, per_run, few, small]) and all_precise([])
 
 
 def test_more_requests_narrow_the_interval_until_it_is_precise():

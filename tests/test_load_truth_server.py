@@ -109,3 +109,15 @@ def test_script_rejects_bad_values() -> None:
         Script(role_chunk="sometimes")
     with pytest.raises(ValueError, match="status=200"):
         Script(status=200)
+
+
+@pytest.mark.parametrize("warm_path", ["/v1/models", "/health"])
+def test_connections_are_warmed_on_the_route_the_options_name(warm_path):
+    # transformers serve answers GET /v1/models with a 500 and a traceback: the fixture warms on /health there
+    from pytest_llmserve.load import ClientOptions, LoadSpec, run_load
+
+    with TruthServer(Script(ttft_ms=1, itl_ms=1)) as server:
+        spec = LoadSpec(concurrency=3, requests=6, warmup=0, input_len=4, output_len=2)
+        run_load(server.url, "truth-model", spec, options=ClientOptions(warm_path=warm_path))
+        other = "/health" if warm_path == "/v1/models" else "/v1/models"
+        assert server.get_paths.get(warm_path, 0) >= 3 and other not in server.get_paths

@@ -197,7 +197,11 @@ def compare_rounds(
     if math.isfinite(se) and ratio**2 * rel_b < target_var:
         needed = max(min_samples, math.ceil(sc.n * ratio**2 * rel_c / (target_var - ratio**2 * rel_b)))
     if check.verdict == "inconclusive":
-        if needed is None:
+        if sb.n < min_samples:  # a tail percentile of few baseline requests: its sample size, not its spread
+            per_round = max(1, sb.n // max(1, sb.rounds))
+            why = (f"the baseline holds {sb.n} requests, fewer than the {min_samples} a {statistic} needs: re-record "
+                   f"with --llmserve-repeats {math.ceil(min_samples / per_round)} (or larger rounds), or gate a median")
+        elif needed is None:
             why = ("the baseline's own uncertainty leaves no room: re-record with more repeats "
                    "(--llmserve-repeats) or widen the margin" if math.isfinite(se) else
                    "run-to-run spread is unknown with one round a side: re-record with --llmserve-repeats >= 2")

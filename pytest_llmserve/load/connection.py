@@ -14,7 +14,8 @@ ablation rows):
   time. Those "merged" chunks are counted, and the self-check (check.py) judges them.
 - No JSON on the hot path: SSE payloads are kept as raw bytes with their arrival time and decoded
   after the measured window (records.decode). One large preallocated read buffer is reused.
-- Connections are opened and warmed (one GET /v1/models) before the measured window.
+- Connections are opened and warmed (one GET of `ClientOptions.warm_path`, /v1/models unless the probe
+  found it broken) before the measured window.
 """
 
 from __future__ import annotations
@@ -382,10 +383,10 @@ class Transport:
         return conn
 
     async def _warm(self, conn: Conn) -> bool:
-        """One GET /v1/models on a new connection (outside the window); False if it cannot be reused."""
+        """One GET of warm_path on a new connection (outside the window); False if it cannot be reused."""
         h = conn.h
         try:
-            data = h.send(h11.Request(method="GET", target=(self.ep.prefix + "/v1/models").encode(),
+            data = h.send(h11.Request(method="GET", target=(self.ep.prefix + self.opt.warm_path).encode(),
                                       headers=self.headers[:1] + list(self.opt.headers)))
             data += h.send(_EndOfMessage())
             await self.loop.sock_sendall(conn.sock, data)

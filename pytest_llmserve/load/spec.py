@@ -157,6 +157,7 @@ class ClientOptions:
     give_up_unreachable_s: float = 3.0
     workers: int = 1  # client processes (sync run_load only); each runs its share of the load
     headers: tuple[tuple[str, str], ...] = ()  # extra request headers, e.g. (("authorization", "Bearer x"),)
+    warm_path: str = "/v1/models"  # one GET on each new connection before the window (a route that answers cheaply)
     limits: CheckLimits = field(default_factory=CheckLimits)
 
 

@@ -91,6 +91,7 @@ class TruthServer:
         self._running = False
         self._thread: threading.Thread | None = None
         self.blocked_writes = 0  # sends the kernel did not take at once (a client not reading)
+        self.get_paths: dict[str, int] = {}  # GET requests by path (connection warm-ups, probes)
         self._buf = bytearray(1 << 20)
         self._bufs = [memoryview(self._buf)]
 
@@ -304,6 +305,8 @@ class TruthServer:
         assert req is not None
         path = req.target.decode().split("?")[0]
         method = req.method.decode()
+        if method == "GET":
+            self.get_paths[path] = self.get_paths.get(path, 0) + 1
         if method == "GET" and path in ("/health", "/v1/health"):
             return self._respond(conn, 200, b"{}")
         if method == "GET" and path == "/v1/models":
