@@ -1,8 +1,9 @@
 """One engine's greedy outputs on a prompt set, cached per side, extended within a wall budget.
 
 Cache: ``<baselines_dir>/<hardware>/engine_outputs/<target name>-<key digest>.json``. The key is the
-side's identity -- kind, model, a fingerprint of the model and engine directories (file names, sizes
-and mtimes: a rebuilt engine misses, and nothing is hashed byte by byte), args, dtype, env, launcher,
+side's identity -- kind, model (a directory by its name), a content fingerprint of the model and engine
+directories (names, sizes, bytes; files over 2 MiB by their first and last MiB, so a multi-GB engine is
+not read whole and a rebuilt one misses), args, dtype, env, launcher,
 URL (external servers), the served name and the version the server reports at ``GET /version`` --
 plus the digest of the *whole* planned prompt set and the decoding parameters (greedy, ignore_eos,
 max_tokens, top_k). A file holds the answers to a prefix of the prompts; a later run with the same
@@ -35,17 +36,26 @@ from .server_logprobs import DEFAULT_CONCURRENCY, completion_body, fetch_greedy_
 SCHEMA = 1
 LOGPROB_DIGITS = 4
 FINGERPRINT_FILES = 10_000  # a directory with more files is fingerprinted by its first 10,000 (sorted)
+SAMPLE_BYTES = 1 << 20
 
 
 def dir_fingerprint(folder: str | Path | None) -> str | None:
-    """sha256 of (relative name, size, mtime) of every file under `folder`; None when it is not a directory."""
+    """sha256 over every file under `folder` (relative name, size, content; files over 2 MiB by their first and
+    last MiB): content-based, so another checkout of the same files matches; None when it is not a directory."""
     if not folder or not Path(str(folder)).is_dir():
         return None
     root = Path(str(folder))
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file())[:FINGERPRINT_FILES]:
-        st = path.stat()
-        digest.update(f"{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(root)}\0{size}\0".encode())
+        with path.open("rb") as fh:
+            if size <= 2 * SAMPLE_BYTES:
+                digest.update(fh.read())
+            else:
+                digest.update(fh.read(SAMPLE_BYTES))
+                fh.seek(size - SAMPLE_BYTES)
+                digest.update(fh.read(SAMPLE_BYTES))
     return digest.hexdigest()
 
 
@@ -61,7 +71,8 @@ def engine_version(base_url: str, timeout_s: float = 5.0) -> str | None:
 
 def side_identity(target: Target, version: str | None) -> dict[str, Any]:
     """What a side's outputs depend on, besides prompts and decoding (its name and pinning do not count)."""
-    return {"kind": target.kind, "model": target.model, "model_files": dir_fingerprint(target.model),
+    model = Path(target.model).name if target.model and Path(target.model).is_dir() else target.model
+    return {"kind": target.kind, "model": model, "model_files": dir_fingerprint(target.model),
             "engine": {k: str(v) for k, v in sorted(target.engine.items())},
             "engine_files": dir_fingerprint(target.engine.get("dir")), "args": list(target.args),
             "dtype": target.dtype, "env": dict(sorted(target.env.items())), "launcher": list(target.launcher),

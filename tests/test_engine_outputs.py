@@ -105,6 +105,16 @@ def test_identity_follows_the_build_not_the_name_or_pinning(tmp_path):
     other_args = Target(name="a", kind="vllm", model=str(model), args=("--kv-cache-dtype", "fp8"))
     assert side_identity(base, None)["args"] != side_identity(other_args, None)["args"]
     before = dir_fingerprint(model)
-    (model / "w.safetensors").write_bytes(b"y" * 11)  # a rebuilt engine: new size (and mtime)
-    os.utime(model / "w.safetensors", ns=(1, 1))
+    os.utime(model / "w.safetensors", ns=(1, 1))  # another checkout of the same bytes: same fingerprint
+    assert dir_fingerprint(model) == before
+    (model / "w.safetensors").write_bytes(b"y" * 10)  # a rebuilt engine of the same size
     assert dir_fingerprint(model) != before and dir_fingerprint(tmp_path / "absent") is None
+
+
+def test_a_large_file_is_fingerprinted_by_its_ends(tmp_path):
+    (tmp_path / "engine.bin").write_bytes(b"a" * (3 << 20))
+    before = dir_fingerprint(tmp_path)
+    with (tmp_path / "engine.bin").open("r+b") as fh:
+        fh.seek((3 << 20) - 1)
+        fh.write(b"b")  # the last byte of a rebuilt engine
+    assert dir_fingerprint(tmp_path) != before
