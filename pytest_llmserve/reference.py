@@ -198,7 +198,12 @@ class ReferenceKey:
     schema: int = SCHEMA
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:20]
+        return key_digest(self)
+
+
+def key_digest(key: Any) -> str:
+    """A short, stable file-name digest of a key dataclass (its fields as sorted JSON)."""
+    return hashlib.sha256(json.dumps(asdict(key), sort_keys=True).encode()).hexdigest()[:20]
 
 
 def reference_key(model_dir: str | Path, prompts: Sequence[Prompt], max_tokens: int, top_k: int, device: str,

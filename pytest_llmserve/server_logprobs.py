@@ -17,6 +17,8 @@ clamped to -9999.0.
 
 from __future__ import annotations
 
+import itertools
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Sequence
 
@@ -89,9 +91,22 @@ def fetch_greedy(base_url: str, model: str, prompts: Sequence[Sequence[int]], *,
                  concurrency: int = DEFAULT_CONCURRENCY, timeout_s: float = DEFAULT_TIMEOUT_S,
                  client: httpx.Client | None = None) -> list[Continuation]:
     """Greedy continuations with top-k logprobs for every prompt (token-id lists), in prompt order."""
+    return fetch_greedy_until(base_url, model, prompts, max_tokens=max_tokens, top_k=top_k, concurrency=concurrency,
+                              timeout_s=timeout_s, client=client)
+
+
+def fetch_greedy_until(base_url: str, model: str, prompts: Sequence[Sequence[int]], *, max_tokens: int, top_k: int,
+                       deadline: float | None = None, concurrency: int = DEFAULT_CONCURRENCY,
+                       timeout_s: float = DEFAULT_TIMEOUT_S, client: httpx.Client | None = None) -> list[Continuation]:
+    """Like fetch_greedy, but no prompt is sent after `deadline` (a time.monotonic() value): returns the
+    continuations of the prompts sent, always a prefix of `prompts` (each worker takes the next index
+    in order, and every taken prompt is answered). The first failed request stops all workers."""
     own = client is None
     http = client or httpx.Client(base_url=base_url, timeout=timeout_s,
                                   limits=httpx.Limits(max_connections=max(1, concurrency)))
+    out: list[Continuation | None] = [None] * len(prompts)
+    taken = itertools.count()
+    errors: list[tuple[int, ServerLogprobsError]] = []
 
     def one(index: int) -> Continuation:
         body = completion_body(model, prompts[index], max_tokens, top_k)
@@ -108,12 +123,28 @@ def fetch_greedy(base_url: str, model: str, prompts: Sequence[Sequence[int]], *,
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise ServerLogprobsError(f"prompt {index}: unreadable response ({exc!r}): {response.text[:400]}") from None
 
+    def worker() -> None:
+        while not errors and (deadline is None or time.monotonic() < deadline):
+            index = next(taken)
+            if index >= len(prompts):
+                return
+            try:
+                out[index] = one(index)
+            except ServerLogprobsError as exc:
+                errors.append((index, exc))
+                return
+
     try:
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-            return list(pool.map(one, range(len(prompts))))
+            for future in [pool.submit(worker) for _ in range(max(1, min(concurrency, len(prompts))))]:
+                future.result()
     finally:
         if own:
             http.close()
+    if errors:
+        raise min(errors, key=lambda e: e[0])[1]  # the lowest prompt's error
+    done = next((i for i, c in enumerate(out) if c is None), len(out))
+    return [c for c in out[:done] if c is not None]
 
 
 def _hint(body: str) -> str:

@@ -265,6 +265,28 @@ def binomial_sf(k: int, n: int, p: float) -> float:
     return binomial_cdf(n - k, n, 1.0 - p)
 
 
+def wilson_interval(k: float, n: float, confidence: float = 0.95) -> Interval:
+    """Wilson score interval of a binomial rate k/n; `n` may be an effective (fractional) sample size.
+
+    Unlike the normal interval it stays inside [0, 1] and is not degenerate at k = 0 (upper bound
+    ≈ z²/(n + z²)); n = 0 gives the uninformative [0, 1].
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence!r} must lie in (0, 1), e.g. 0.95")
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"need 0 <= k <= n, got k={k!r}, n={n!r}")
+    if n == 0:
+        return Interval(0.0, 0.0, 1.0, confidence, math.inf)
+    z = normal_quantile((1.0 + confidence) / 2.0)
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2.0 * n)) / denom
+    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denom
+    low = 0.0 if k == 0 else max(0.0, centre - half)  # exact ends: rounding would leave 1e-19 above 0
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return Interval(p, low, high, confidence, math.sqrt(p * (1.0 - p) / n))
+
+
 @dataclass(frozen=True, slots=True)
 class McNemarResult:
     """Exact McNemar test of paired 0/1 outcomes; only discordant items carry information."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -41,6 +42,11 @@ class Script:
     fault_every: int = 0  # apply status/stall/reset/close/malformed/error only to every k-th request (0: all)
     model: str = "truth-model"
     seed: int = 0
+    # non-streaming completions as a deterministic greedy "engine" over this many token ids (0: text " t0 t1 ..."):
+    # token ids and top-2 logprobs, vLLM-shaped ("token_id:N"); see greedy_tokens
+    greedy_vocab: int = 0
+    diverge_rate: float = 0.0  # share of prompts (chosen by hash) on which this engine picks another token once
+    diverge_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.role_chunk not in ROLE_CHUNK:
@@ -49,6 +55,8 @@ class Script:
             raise ValueError(f"usage={self.usage!r}: use one of {', '.join(USAGE)}")
         if self.ttft_ms < 0 or self.itl_ms < 0 or self.jitter_ms < 0 or self.stall_ms < 0:
             raise ValueError("ttft_ms, itl_ms, jitter_ms and stall_ms must be >= 0")
+        if self.greedy_vocab < 0 or self.greedy_vocab == 1 or not 0.0 <= self.diverge_rate <= 1.0:
+            raise ValueError("greedy_vocab must be 0 (off) or >= 2 and diverge_rate in [0, 1]")
         if self.status is not None and not 400 <= self.status <= 599:
             raise ValueError(f"status={self.status}: give an HTTP error status (400-599)")
 
@@ -168,4 +176,47 @@ def full_response(script: Script, req: Request) -> tuple[int, bytes]:
         body = {"id": f"cmpl-{req.seq}", "object": "text_completion", "model": script.model,
                 "choices": [{"index": 0, "text": text, "finish_reason": finish}], "usage": usage}
     delay_ms = script.ttft_ms + max(0, n - 1) * script.itl_ms
+    return int(delay_ms * 1_000_000), json.dumps(body).encode()
+
+
+def _mix(state: int, tokens: Sequence[int]) -> int:
+    data = state.to_bytes(8, "little") + b"".join(int(t).to_bytes(8, "little", signed=True) for t in tokens)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def greedy_tokens(prompt: Sequence[int], n: int, vocab: int, diverge_rate: float = 0.0, diverge_seed: int = 0) -> list[int]:
+    """An autoregressive hash "model": each token is a hash of the prompt and the tokens so far, mod vocab.
+
+    With diverge_rate r, a prompt whose hash (under diverge_seed) falls in the lowest r of the range gets
+    token+1 at one position (also hash-chosen, uniform over the n); every later token then follows the
+    changed prefix, as a real engine's would. Two scripts with the same vocab and r = 0 agree exactly.
+    """
+    forced = None
+    if diverge_rate > 0 and n > 0:
+        u = _mix(diverge_seed + 1, prompt)
+        if (u & 0xFFFFFFFF) / 2**32 < diverge_rate:
+            forced = (u >> 32) % n
+    state, out = _mix(0, prompt), []
+    for k in range(n):
+        token = state % vocab
+        if k == forced:
+            token = (token + 1) % vocab
+        out.append(token)
+        state = _mix(state, (token,))
+    return out
+
+
+def greedy_response(script: Script, req: Request, prompt: Any, top_k: int) -> tuple[int, bytes]:
+    """Non-streaming completion of the greedy hash model: token ids with top-2 logprobs (chosen, then token+7)."""
+    ids = prompt if isinstance(prompt, list) else list(str(prompt or "").encode())
+    tokens = greedy_tokens(ids, req.max_tokens, script.greedy_vocab, script.diverge_rate, script.diverge_seed)
+    name = lambda t: f"token_id:{t}"  # noqa: E731
+    tops = [{name(t): -0.05, name((t + 7) % script.greedy_vocab): -3.0} for t in tokens]
+    logprobs = {"tokens": [name(t) for t in tokens], "token_logprobs": [-0.05] * len(tokens),
+                "top_logprobs": [dict(list(top.items())[:max(1, top_k)]) for top in tops], "text_offset": []}
+    usage = {"prompt_tokens": len(ids), "completion_tokens": len(tokens), "total_tokens": len(ids) + len(tokens)}
+    body = {"id": f"cmpl-{req.seq}", "object": "text_completion", "model": script.model, "usage": usage,
+            "choices": [{"index": 0, "text": "".join(f" t{t}" for t in tokens), "finish_reason": "length",
+                         "logprobs": logprobs}]}
+    delay_ms = script.ttft_ms + max(0, len(tokens) - 1) * script.itl_ms
     return int(delay_ms * 1_000_000), json.dumps(body).encode()

@@ -39,7 +39,7 @@ from typing import Any, Iterator
 
 import h11
 
-from .truth_script import CLOSE, END, META, PART, RESET, TOKEN, Request, Script, full_response, plan
+from .truth_script import CLOSE, END, META, PART, RESET, TOKEN, Request, Script, full_response, greedy_response, plan
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _TIMESPEC = struct.Struct("@qq")
@@ -352,7 +352,8 @@ class TruthServer:
             msg = {"error": {"message": f"scripted HTTP {script.status}", "type": "truth_server", "code": script.status}}
             return self._respond(conn, script.status, json.dumps(msg).encode())
         if not body.get("stream"):
-            delay, payload = full_response(script, r)
+            delay, payload = (greedy_response(script, r, prompt, int(body.get("logprobs") or 1))
+                              if script.greedy_vocab and not chat else full_response(script, r))
             st = _Stream(conn, rec, iter([(delay, "json", payload)]), t_recv)
         else:
             h = conn.h
