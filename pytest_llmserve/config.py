@@ -28,6 +28,7 @@ SLO_KEYS = (
     # what the server did and goodput (checks/server_slo.py)
     "min_prefix_cache_hit_rate",
     "min_spec_acceptance_length",
+    "max_spec_acceptance_drop",
     "max_kv_cache_usage",
     "max_preemptions",
     "max_queue_time_ms",

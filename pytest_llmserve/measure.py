@@ -88,8 +88,10 @@ def merge_results(results: Sequence[RunResult]) -> RunResult:
                                   requests_s=done / duration if duration else 0.0)
     reasons = [f"round {i + 1}: {why}" for i, r in enumerate(results) for why in r.invalid_reasons]
     check = next((r.client_check for r in results if not r.client_check.valid), results[-1].client_check)
+    replies = [r.session_replies for r in results if r.session_replies is not None]
     return RunResult(spec=first.spec, records=records, summary=summary, client_check=check,
-                     valid=all(r.valid for r in results), invalid_reasons=reasons)
+                     valid=all(r.valid for r in results), invalid_reasons=reasons,
+                     session_replies=(sum(t for t, _ in replies), sum(s for _, s in replies)) if replies else None)
 
 
 def gate_checks(baseline: Sequence[Round], candidate: Sequence[Round], gate: GateSettings,

@@ -11,7 +11,7 @@ import pytest
 
 from .baseline_samples import check_shape, round_of, round_to_dict, shape_of, summary_entry
 from .baselines import BaselineError, MetricComparison, default_tolerance, is_statistical, round_significant
-from .checks import server_slo
+from .checks import server_incumbent, server_slo
 from .checks.slo import BASELINE_METRICS, SloEvaluation, SloReport, validate_limits
 from .checks.optimisations import OptimisationsReport
 from .config import Target
@@ -38,6 +38,7 @@ class LoadOutcome:
     metrics_url: str | None = None  # where server_metrics came from (named when it gave nothing)
     measurement: Measurement | None = None  # the rounds behind `result` (several when repeated or sequential)
     comparisons: list[MetricComparison] = field(default_factory=list)
+    incumbent_server: dict[str, float] | None = None  # server metrics of the stored baseline entry (None: no entry)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -60,6 +61,7 @@ class LoadOutcome:
         keep = self.session.store.update and (not self.result.valid or refused is not None)
         notes: list[str] = []
         self.comparisons = []
+        self.incumbent_server = None
         try:
             if keep:
                 self.session.store.lookup(self.target.name, self.nodeid)  # still in use, not "unused"
@@ -75,6 +77,8 @@ class LoadOutcome:
         if keep and refused is None:
             context.append("run invalid: the stored baseline was kept, not overwritten (fix the run, then update)")
         context.append(_client_line(self.result))
+        if self.result.sessions_line():
+            context.append(self.result.sessions_line())
         if self.optimisations is not None:
             context += self.optimisations.render().splitlines()
         context += server_lines(self.server_metrics)
@@ -99,6 +103,8 @@ class LoadOutcome:
             errors=dict(self.result.summary.errors),
             context=context,
             unmeasurable=runtime.unmeasurable,
+            incumbent=server_incumbent.check_drops(merged, runtime.values, runtime.unmeasurable, self.incumbent_server,
+                                                   recording=self.session.store.update),
         )
         spec = self.result.spec
         shape = f"rate {spec.rate}/s" if spec.rate else f"concurrency {spec.concurrency}"
@@ -144,12 +150,13 @@ class LoadOutcome:
         rounds = [round_of(r) for r in self.measurement.results] if self.measurement else [round_of(self.result)]
         if store.update:
             checks = gate_checks(rounds, rounds, gate)
-            store.record_entry(name, self.nodeid, summary_entry(shape_of(self.result.spec), rounds, checks),
-                               [round_to_dict(r, BASELINE_METRICS) for r in rounds])
+            entry = summary_entry(shape_of(self.result.spec), rounds, checks) | server_incumbent.server_field(metrics)
+            store.record_entry(name, self.nodeid, entry, [round_to_dict(r, BASELINE_METRICS) for r in rounds])
             return [MetricComparison(c.metric, c.check.candidate_value, None,
                                      tolerances.get(c.metric) or default_tolerance(c.metric), "recorded")
                     for c in checks]
         entry = store.lookup_entry(name, self.nodeid)
+        self.incumbent_server = server_incumbent.stored_server(entry) if entry is not None else None
         if entry is None or not is_statistical(entry):
             if entry is not None:
                 notes.append("baseline entry is in the old one-number format: compared by the old tolerance rule "

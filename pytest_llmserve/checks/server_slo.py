@@ -27,7 +27,8 @@ SERVER_LIMIT_KEYS: Mapping[str, tuple[str, bool]] = {
 }
 # per-request limits that define a "good" request for min_goodput (parameters, not rows of their own)
 GOODPUT_PARAMS: Mapping[str, str] = {"goodput_ttft_ms": "TTFT", "goodput_tpot_ms": "TPOT", "goodput_e2e_ms": "E2E"}
-FRACTION_KEYS = ("min_prefix_cache_hit_rate", "max_kv_cache_usage", "min_goodput")
+FRACTION_KEYS = ("min_prefix_cache_hit_rate", "max_kv_cache_usage", "min_goodput",
+                 "max_spec_acceptance_drop")  # the last: relative, against the incumbent (server_incumbent.py)
 
 
 def check_value(key: str, value: float) -> str | None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..baselines import UPDATE_HINT, MetricComparison
+from .server_incumbent import DROP_KEYS, IncumbentCheck
 from .server_slo import GOODPUT_PARAMS, SERVER_LIMIT_KEYS, check_value
 
 # marker/config key -> (metric in RunResult.metrics(), the limit is an upper bound)
@@ -35,8 +36,9 @@ def validate_limits(limits: Mapping[str, Any], where: str) -> dict[str, float]:
     """Check SLO keyword arguments: known keys, non-negative numbers; errors name the bad one."""
     out = {}
     for key, value in limits.items():
-        if key not in LIMIT_KEYS and key not in GOODPUT_PARAMS:
-            raise ValueError(f"{where}: unknown SLO {key}={value!r}; known: {', '.join([*LIMIT_KEYS, *GOODPUT_PARAMS])}")
+        if key not in LIMIT_KEYS and key not in GOODPUT_PARAMS and key not in DROP_KEYS:
+            raise ValueError(f"{where}: unknown SLO {key}={value!r}; "
+                             f"known: {', '.join([*LIMIT_KEYS, *GOODPUT_PARAMS, *DROP_KEYS])}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(
                 f"{where}: SLO {key}={value!r} must be a non-negative number "
@@ -117,6 +119,7 @@ class SloEvaluation:
     errors: Mapping[str, int] = field(default_factory=dict)
     context: list[str] = field(default_factory=list)
     unmeasurable: Mapping[str, str] = field(default_factory=dict)  # metric -> why the server cannot report it
+    incumbent: list[IncumbentCheck] = field(default_factory=list)  # server metrics against the stored baseline's
 
     def report(self, title: str) -> SloReport:
         by_metric = {c.metric: c for c in self.comparisons}
@@ -143,6 +146,13 @@ class SloEvaluation:
                                comp.bound if comp else None, verdict,
                                *((g.change_text(), g.check.margin if g.gated else None, g.check.min_detectable,
                                   f"{g.requests[1]}/{g.requests[0]}") if g is not None else ())))
+        for c in self.incumbent:
+            rows.append(SloRow(c.row_metric, c.candidate if c.candidate is not None else float("nan"), c.limit_text,
+                               c.incumbent, None, c.verdict))
+            if c.failed:
+                gaps.append(f"{c.key}: {c.reason}")
+            elif c.verdict == "ok":
+                self.context.append(c.reason)
         problems = [f"run invalid for SLO checks: {r}" for r in self.invalid_reasons] + gaps
         if any(r.verdict == "missing" for r in rows):
             problems.append(f"no baseline stored for this test on this hardware; {UPDATE_HINT}")

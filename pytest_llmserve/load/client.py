@@ -23,6 +23,7 @@ from .connection import SO_TIMESTAMPNS, Conn, Endpoint, Transport, _httptools
 from .prompts import BodyPool
 from .records import RawRequest
 from .schedule import arrival_offsets
+from .sessions import SessionFeed
 from .spec import ClientOptions, LoadSpec
 
 __all__ = ["SO_TIMESTAMPNS", "Endpoint", "LoadProgress", "Shard", "ShardRunner"]
@@ -55,6 +56,8 @@ class Shard:
     multi_reads: dict[int, int] = field(default_factory=dict)  # reads with 2+ events: arrival -> processed at
     gave_up: str | None = None  # why the requests left were not sent (the server stopped accepting connections)
     parser_fallback: bool = False  # http_parser="auto" found no httptools and fell back to h11
+    session_turns: int = 0  # multi-turn: later turns sent with the previous turn's real reply
+    session_standins: int = 0  # ... of which carried stand-in ids (the server answered with text only)
 
 
 class ShardRunner(Transport):
@@ -97,6 +100,7 @@ class ShardRunner(Transport):
         self._probe_due = 0
         self._pending_sends = 0  # open loop: requests waiting for a new connection
         self._unreachable_since: float | None = None  # first of the reconnects failing in a row
+        self._feed: SessionFeed | None = None  # multi-turn sessions: later turns' bodies, built as replies finish
 
     def _my_share(self, n: int) -> range:
         return range(self.shard, n, self.shards)
@@ -116,6 +120,8 @@ class ShardRunner(Transport):
         n_needed = spec.warmup + (spec.requests or 0) if spec.requests else 4096
         self.bodies = BodyPool(spec, self.model, n_needed)
         self.render_requests()
+        if spec.sessions is not None:
+            self._feed = SessionFeed(spec, self.model, self.shard, self.shards)
         conns = await self._open_many(max(1, self._pool_size()))
         self._idle = conns
         self._sweep_handle = loop.call_later(self._sweep_period(), self._sweep)
@@ -152,13 +158,17 @@ class ShardRunner(Transport):
                 self._close(c)
             for t in list(self._tasks):
                 t.cancel()
+        if self._feed is not None:
+            self.out.session_turns, self.out.session_standins = self._feed.turns, self._feed.standins
         return self.out
 
     async def _closed_measured(self, t_start: int | None) -> None:
         spec = self.spec
         base = spec.warmup
-        if spec.requests is not None:
-            idx: Iterator[int] = iter(range(base + self.shard, base + spec.requests, self.shards))
+        if self._feed is not None:  # sessions: a later turn only once its previous one has finished
+            idx: Iterator[int] = self._feed
+        elif spec.requests is not None:
+            idx = iter(range(base + self.shard, base + spec.requests, self.shards))
         else:
             idx = iter(range(base + self.shard, 1 << 62, self.shards))
         if t_start is not None:
@@ -252,6 +262,8 @@ class ShardRunner(Transport):
     def _finished(self, raw: RawRequest) -> None:
         self._outstanding -= 1
         self.progress.done += 1
+        if self._feed is not None:
+            self._feed.finished(raw)
 
     async def _reopen(self) -> None:
         try:
@@ -281,6 +293,8 @@ class ShardRunner(Transport):
         raw.t_send = raw.t_end = time.time_ns()
         raw.fail("connect_error", message)
         self.out.raws.append(raw)
+        if self._feed is not None:
+            self._feed.finished(raw)
 
     def _give_up(self, exc: OSError) -> None:
         """Every reconnect failed for give_up_unreachable_s: fail what is left at once and stop issuing."""

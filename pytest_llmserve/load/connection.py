@@ -120,7 +120,8 @@ class Transport:
     """Connection handling for ShardRunner: send, read (the hot path), errors, (re)connect.
 
     The driver provides: loop, ep, opt, fast, target, headers, bodies, out (a Shard), _bufs, _busy,
-    _idle, _tasks, _done, _measured, _family, _addr, _prev_handler, and the hooks _on_free(conn),
+    _idle, _tasks, _done, _measured, _family, _addr, _prev_handler, _feed (multi-turn bodies built at run
+    time, or None), and the hooks _on_free(conn),
     _finished(raw), _reopen(), _connect_and_send(raw, count_lag), _maybe_done().
     """
 
@@ -141,12 +142,14 @@ class Transport:
         return data + h.send(_Data(data=body)) + h.send(_EndOfMessage())
 
     def _send(self, conn: Conn, raw: RawRequest, count_lag: bool) -> None:
+        built = self._feed.bodies.get(raw.index) if self._feed is not None else None  # a later turn's
         if conn.parser is not None:
-            data = self._wire[raw.index % len(self._wire)]
+            data = self._wire[raw.index % len(self._wire)] if built is None else self._render(
+                h11.Connection(h11.CLIENT), built)
             conn.parser = _httptools.HttpResponseParser(conn)
         else:  # h11 parses the response, so its connection state must see the request go out
             try:
-                data = self._render(conn.h, self.bodies[raw.index])
+                data = self._render(conn.h, built if built is not None else self.bodies[raw.index])
             except h11.LocalProtocolError as exc:  # the connection is in a state we cannot use: replace it
                 raw.t_send = time.time_ns()
                 raw.fail("protocol_error", f"cannot send on this connection: {exc}")

@@ -120,6 +120,10 @@ def fit_load(spec: LoadSpec, caps: Capabilities | None, explicit: Collection[str
         spec = dataclasses.replace(spec, ignore_eos=False)
     if not caps.usage:
         notes.append("the server sends no usage counts: output tokens are counted from streamed chunks")
+    if spec.sessions is not None and spec.sessions.token_ids and not (caps.ignore_eos or caps.min_tokens):
+        spec = dataclasses.replace(spec, sessions=dataclasses.replace(spec.sessions, token_ids=False))
+        notes.append("multi-turn: the server refuses vLLM's extension fields, so return_token_ids is not asked for; "
+                     "later turns carry stand-in token ids of the reply's length")
     return FittedLoad(spec, matched, form, expected, tuple(notes), fields)
 
 

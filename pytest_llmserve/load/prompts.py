@@ -38,9 +38,11 @@ def prompt_for(spec: LoadSpec, index: int) -> str | list[int]:
     return synthetic_prompt(spec, index)
 
 
-def request_body(spec: LoadSpec, model: str, index: int) -> bytes:
-    """JSON body of request `index`: streaming with usage, matched work when `ignore_eos`."""
-    prompt = prompt_for(spec, index)
+def request_body(spec: LoadSpec, model: str, index: int, prompt: str | list[int] | None = None) -> bytes:
+    """JSON body of request `index` (with `prompt` instead of its own, if given): streaming with usage,
+    matched work when `ignore_eos`; multi-turn sessions of token ids ask for the reply's ids."""
+    if prompt is None:
+        prompt = prompt_for(spec, index)
     body: dict[str, Any] = {"model": model}
     if spec.endpoint == "completions":
         body["prompt"] = prompt
@@ -52,6 +54,8 @@ def request_body(spec: LoadSpec, model: str, index: int) -> bytes:
         body["ignore_eos"] = True
         body["min_tokens"] = output_len
     body["stream"] = spec.stream
+    if spec.sessions is not None and spec.sessions.token_ids and not isinstance((spec.prompts or ("",))[0], str):
+        body["return_token_ids"] = True  # vLLM: each chunk carries its token ids, fed back as the next turn's
     if spec.stream:
         body["stream_options"] = {"include_usage": True}
     if spec.extra_body:

@@ -26,6 +26,19 @@ class RunResult:
     valid: bool
     invalid_reasons: list[str]
     work: dict[str, Any] = field(default_factory=dict)  # how the work was fitted to the server (load/fit.py)
+    # multi-turn: (later turns sent with the previous turn's real reply, of them with stand-in ids: text-only replies)
+    session_replies: tuple[int, int] | None = None
+
+    def sessions_line(self) -> str | None:
+        """What multi-turn sessions fed back, for the report (None: no sessions)."""
+        if self.session_replies is None:
+            return None
+        turns, standins = self.session_replies
+        line = f"multi-turn: {turns} later turns sent the previous turn's real reply"
+        if standins:
+            line += (f"; {standins} of them with stand-in token ids of the reply's length (the server answered "
+                     "token-id prompts with text only: it ignores return_token_ids)")
+        return line
 
     def metrics(self) -> dict[str, float]:
         """Flat metrics: <ttft|itl|tpot|e2e>_<p50|p90|p95|p99|mean>_ms, output_tok_s, requests_s, error_rate."""
@@ -55,6 +68,7 @@ class RunResult:
         if self.spec.arrival_times is not None:
             spec["arrival_times"] = f"{len(self.spec.arrival_times)} send offsets over {self.spec.arrival_times[-1]:.3f} s"
         spec["extra_body"] = dict(self.spec.extra_body) if self.spec.extra_body else None
+        spec["sessions"] = self.sessions_line()
         d: dict[str, Any] = {
             "valid": self.valid,
             "invalid_reasons": list(self.invalid_reasons),
@@ -115,8 +129,10 @@ def build_result(spec: LoadSpec, shards: Sequence[Shard], options: ClientOptions
             f"({'; '.join(summary.mismatch_examples)}): the work is not "
             "matched; check that the server honours ignore_eos and min_tokens"
         )
+    replies = ((sum(s.session_turns for s in shards), sum(s.session_standins for s in shards))
+               if spec.sessions is not None else None)
     return RunResult(spec=spec, records=records, summary=summary, client_check=check,
-                     valid=not reasons, invalid_reasons=reasons)
+                     valid=not reasons, invalid_reasons=reasons, session_replies=replies)
 
 
 def _mean(values: Sequence[int]) -> float:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from .sessions import Sessions
 
 ENDPOINTS = ("completions", "chat")
 ARRIVALS = ("poisson", "constant", "trace")  # "trace": the send offsets in `arrival_times`
@@ -35,6 +38,9 @@ class LoadSpec:
     arrival_times: tuple[float, ...] | None = None
     # False: non-streaming requests (offline batch); TTFT = E2E = arrival of the whole response, no ITL/TPOT
     stream: bool = True
+    # multi-turn: which prompt continues which; a later turn sends the previous one's prompt + the server's real
+    # reply + its new message, once the previous turn has finished (sessions.py)
+    sessions: Sessions | None = None
 
     @property
     def open_loop(self) -> bool:
@@ -74,6 +80,8 @@ class LoadSpec:
         if self.extra_body is not None and not isinstance(self.extra_body, Mapping):
             raise ValueError(f"extra_body must be a mapping of JSON fields, got {type(self.extra_body).__name__}")
         self._validate_sequences()
+        if self.sessions is not None:
+            self._validate_sessions()
         if not isinstance(self.stream, bool):
             raise ValueError(f"stream={self.stream!r} must be True (SSE streaming) or False (one JSON response)")
         if self.prompts is not None:
@@ -93,6 +101,14 @@ class LoadSpec:
         if self.output_lens is None:
             return self.output_len
         return self.output_lens[index % len(self.output_lens)]
+
+    def _validate_sessions(self) -> None:
+        if self.rate is not None or self.requests is None:
+            raise ValueError("multi-turn sessions run closed loop for a number of requests: set concurrency and "
+                             "requests=N (no rate, no duration_s)")
+        if self.endpoint != "completions":
+            raise ValueError(f"multi-turn sessions run on the completions endpoint, not {self.endpoint!r}")
+        self.sessions.validate(self.prompts)
 
     def _validate_sequences(self) -> None:
         if self.output_lens is not None:

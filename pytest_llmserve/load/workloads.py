@@ -5,7 +5,9 @@ nominal sizes users run (chat 4K in / 256 out, RAG 16K shared prefix / 512 out, 
 4K, ...). When the server's max_model_len cannot hold the longest request a profile can draw, every
 length is scaled by the same factor so that it can, and `Workload.describe()` says so with the
 lengths used. Prompts are token-id lists built here, not on the hot path: the shared RAG prefix is
-the same ids in every request, and a multi-turn prompt repeats its session's previous prompt.
+the same ids in every request, and a multi-turn prompt repeats its session's previous prompt. A
+multi-turn prompt is built with a stand-in reply; at run time the client sends the server's real
+reply in its place (sessions.py), turn after turn of each session.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .prompts import _ID_HIGH, _ID_LOW
+from .sessions import Sessions
 from .spec import LoadSpec
 
 
@@ -142,12 +145,13 @@ def workload(name: str, *, max_model_len: int | None = None, seed: int = 0, voca
     warmup = overrides.pop("warmup", min(profile.concurrency, 4))
     concurrency = overrides.pop("concurrency", profile.concurrency)
     n = warmup + (requests if requests is not None else 4 * profile.requests)
-    prompts, outputs = _build(profile, n, warmup, seed, vocab_size)
+    prompts, outputs, sessions = _build(profile, n, warmup, seed, vocab_size)
     spec = LoadSpec(
         endpoint="completions", concurrency=concurrency, requests=requests, warmup=warmup,
         input_len=max(1, round(sum(map(len, prompts)) / len(prompts))),
         output_len=max(1, round(sum(outputs) / len(outputs))), prompts=tuple(prompts), output_lens=tuple(outputs),
-        seed=seed, vocab_size=vocab_size, stream=overrides.pop("stream", profile.stream), **overrides)
+        seed=seed, vocab_size=vocab_size, stream=overrides.pop("stream", profile.stream), sessions=sessions,
+        **overrides)
     spec.validate()
     return Workload(profile=profile, nominal=nominal, scale=scale, max_model_len=max_model_len, spec=spec)
 
@@ -161,31 +165,36 @@ def _ids(rng: np.random.Generator, n: int, vocab_size: int | None) -> list[int]:
     return rng.integers(_ID_LOW, high, size=n).tolist()
 
 
-def _build(p: Profile, n: int, warmup: int, seed: int, vocab_size: int | None) -> tuple[list[tuple[int, ...]], list[int]]:
-    """n prompts (token ids) and output lengths; the first `warmup` are the warm-up requests."""
+def _build(p: Profile, n: int, warmup: int, seed: int,
+           vocab_size: int | None) -> tuple[list[tuple[int, ...]], list[int], Sessions | None]:
+    """n prompts (token ids), output lengths and sessions (multi-turn); the first `warmup` are the warm-up requests."""
     if p.turns > 1:
         return _sessions(p, n, warmup, seed, vocab_size)
     rng = _rng(seed, p.name)
     inputs, outputs = p.input.draw(rng, n), p.output.draw(rng, n)
     prefix = _ids(_rng(seed, p.name, 1), p.shared_prefix, vocab_size) if p.shared_prefix else []
     prompts = [tuple(prefix + _ids(_rng(seed, p.name, 2, i), inputs[i], vocab_size)) for i in range(n)]
-    return prompts, outputs
+    return prompts, outputs, None
 
 
-def _sessions(p: Profile, n: int, warmup: int, seed: int, vocab_size: int | None) -> tuple[list[tuple[int, ...]], list[int]]:
+def _sessions(p: Profile, n: int, warmup: int, seed: int,
+              vocab_size: int | None) -> tuple[list[tuple[int, ...]], list[int], Sessions]:
     """Turn-major order: turn 0 of every session, then turn 1, ...; warm-up requests are first turns of
     their own sessions. A later turn's prompt = the previous prompt + a stand-in for the reply (same
-    length as the reply asked for; the server's real reply is not fed back) + a new message."""
+    length as the reply asked for; the client sends the server's real reply in its place) + a new message."""
     sessions = p.concurrency
     first = p.first_turn or p.input
     prompts: list[tuple[int, ...]] = []
     outputs: list[int] = []
+    previous: list[int] = [-1] * warmup
+    message: list[int] = [0] * warmup
     for w in range(warmup):
         rng = _rng(seed, p.name, 9, w)
         prompts.append(tuple(_ids(rng, first.draw(rng, 1)[0], vocab_size)))
         outputs.append(p.output.draw(rng, 1)[0])
     history: dict[int, list[int]] = {}
     last_out: dict[int, int] = {}
+    last_at: dict[int, int] = {}  # session -> position of its latest turn
     turn = 0
     while len(prompts) < n:
         for s in range(sessions):
@@ -195,11 +204,17 @@ def _sessions(p: Profile, n: int, warmup: int, seed: int, vocab_size: int | None
             rng = _rng(seed, p.name, turn, s)
             if k == 0:
                 history[s] = _ids(rng, first.draw(rng, 1)[0], vocab_size)
+                previous.append(-1)
+                message.append(0)
             else:
                 reply = _ids(rng, last_out[s], vocab_size)
-                history[s] = history[s] + reply + _ids(rng, p.input.draw(rng, 1)[0], vocab_size)
+                new = _ids(rng, p.input.draw(rng, 1)[0], vocab_size)
+                history[s] = history[s] + reply + new
+                previous.append(last_at[s])
+                message.append(len(new))
+            last_at[s] = len(prompts)
             prompts.append(tuple(history[s]))
             last_out[s] = p.output.draw(rng, 1)[0]
             outputs.append(last_out[s])
         turn += 1
-    return prompts, outputs
+    return prompts, outputs, Sessions(tuple(previous), tuple(message))

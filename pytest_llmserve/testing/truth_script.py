@@ -47,6 +47,10 @@ class Script:
     greedy_vocab: int = 0
     diverge_rate: float = 0.0  # share of prompts (chosen by hash) on which this engine picks another token once
     diverge_seed: int = 0
+    # GET /metrics serves vLLM's speculative-decoding counters as if every generated token were one draft
+    # step that accepted this many tokens (>= 1); None: no /metrics (404)
+    spec_acceptance: float | None = None
+    log_prompts: bool = False  # keep each request's prompt in the truth log ("prompt")
 
     def __post_init__(self) -> None:
         if self.role_chunk not in ROLE_CHUNK:
@@ -57,6 +61,8 @@ class Script:
             raise ValueError("ttft_ms, itl_ms, jitter_ms and stall_ms must be >= 0")
         if self.greedy_vocab < 0 or self.greedy_vocab == 1 or not 0.0 <= self.diverge_rate <= 1.0:
             raise ValueError("greedy_vocab must be 0 (off) or >= 2 and diverge_rate in [0, 1]")
+        if self.spec_acceptance is not None and not self.spec_acceptance >= 1:
+            raise ValueError(f"spec_acceptance={self.spec_acceptance}: tokens per draft step, give a number >= 1")
         if self.status is not None and not 400 <= self.status <= 599:
             raise ValueError(f"status={self.status}: give an HTTP error status (400-599)")
 
@@ -87,6 +93,12 @@ class Request:
     max_tokens: int
     include_usage: bool
     prompt_tokens: int
+    token_ids: bool = False  # the request asked for return_token_ids: each chunk carries its token's id
+
+
+def token_id(seq: int, k: int) -> int:
+    """The id of token k of request seq: distinct between requests, inside every real vocabulary (10..999)."""
+    return 10 + (seq * 131 + k) % 990
 
 
 def event(payload: bytes, script: Script) -> bytes:
@@ -110,6 +122,8 @@ def plan(script: Script, req: Request) -> Iterator[tuple[int, str, bytes]]:
 
     def token_json(k: int, last: bool) -> bytes:
         finish = (b'"length"' if n == req.max_tokens else b'"stop"') if last else b"null"
+        if req.token_ids:
+            finish += b',"token_ids":[%d]' % token_id(req.seq, k)
         if req.chat:
             return head + b'{"index":0,"delta":{"content":" t%d"},"logprobs":null,"finish_reason":%s}]}' % (k, finish)
         return head + b'{"index":0,"text":" t%d","logprobs":null,"finish_reason":%s}]}' % (k, finish)
@@ -175,6 +189,8 @@ def full_response(script: Script, req: Request) -> tuple[int, bytes]:
     else:
         body = {"id": f"cmpl-{req.seq}", "object": "text_completion", "model": script.model,
                 "choices": [{"index": 0, "text": text, "finish_reason": finish}], "usage": usage}
+    if req.token_ids:
+        body["choices"][0]["token_ids"] = [token_id(req.seq, k) for k in range(n)]
     delay_ms = script.ttft_ms + max(0, n - 1) * script.itl_ms
     return int(delay_ms * 1_000_000), json.dumps(body).encode()
 

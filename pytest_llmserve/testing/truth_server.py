@@ -94,6 +94,9 @@ class TruthServer:
         self.get_paths: dict[str, int] = {}  # GET requests by path (connection warm-ups, probes)
         self._buf = bytearray(1 << 20)
         self._bufs = [memoryview(self._buf)]
+        self._spec = [0.0, 0.0]  # speculative decoding (Script.spec_acceptance): drafts, accepted tokens
+        # /metrics exists when the script asks for it (read here, not from self.script: a subclass may count reads)
+        self._metrics = script is not None and script.spec_acceptance is not None
 
     @property
     def url(self) -> str:
@@ -315,12 +318,22 @@ class TruthServer:
         if method == "GET" and path == "/truth":
             log = self.truth()
             return self._respond(conn, 200, json.dumps({"requests": log, "blocked_writes": self.blocked_writes}).encode())
+        if method == "GET" and path == "/metrics" and (self._metrics or self._spec[0]):
+            return self._respond(conn, 200, self._metrics_text(), "text/plain; version=0.0.4")
         if method == "POST" and path == "/truth/reset":
             self.reset()
             return self._respond(conn, 200, b"{}")
         if method == "POST" and path in ("/v1/completions", "/v1/chat/completions"):
             return self._completion(conn, path, t_recv)
         return self._respond(conn, 404, json.dumps({"error": {"message": f"no route {method} {path}"}}).encode())
+
+    def _metrics_text(self) -> bytes:
+        """vLLM's speculative-decoding counters (Prometheus text) over every request so far."""
+        labels = '{engine="0",model_name="%s"}' % self.script.model
+        drafts, accepted = self._spec
+        return (f"# TYPE vllm:spec_decode_num_drafts counter\nvllm:spec_decode_num_drafts_total{labels} {drafts!r}\n"
+                f"# TYPE vllm:spec_decode_num_accepted_tokens counter\n"
+                f"vllm:spec_decode_num_accepted_tokens_total{labels} {accepted!r}\n").encode()
 
     def _completion(self, conn: _Conn, path: str, t_recv: int) -> None:
         try:
@@ -339,11 +352,17 @@ class TruthServer:
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
         r = Request(seq=seq, chat=chat, max_tokens=max_tokens,
                     include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
-                    prompt_tokens=prompt_tokens)
+                    prompt_tokens=prompt_tokens, token_ids=bool(body.get("return_token_ids")))
+        if script.spec_acceptance is not None:  # every token counts as one draft step
+            n = script.tokens if script.tokens is not None else max_tokens
+            self._spec[0] += n
+            self._spec[1] += n * (script.spec_acceptance - 1)
         rec: dict[str, Any] = {"seq": seq, "id": f"{'chatcmpl' if chat else 'cmpl'}-{seq}", "path": path,
                                "t_recv_ns": t_recv, "t_head_ns": None, "token_ns": [], "t_end_ns": None,
                                "status": 200, "max_tokens": max_tokens, "stream": bool(body.get("stream")),
                                "fault": script.has_fault}
+        if script.log_prompts:
+            rec["prompt"] = prompt
         with self._lock:
             self._log.append(rec)
         if script.status is not None:
@@ -451,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         if f.type in ("bool",) or isinstance(f.default, bool):
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default)
         else:
-            conv = float if isinstance(f.default, float) else str if isinstance(f.default, str) else int
+            conv = (float if isinstance(f.default, float) or "float" in str(f.type) else
+                    str if isinstance(f.default, str) else int)
             p.add_argument(flag, dest=f.name, type=conv, default=f.default)
     args = p.parse_args(argv)
     script = Script(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Script)})
