@@ -219,7 +219,7 @@ def test_unmeasurable(llm_load):
 def test_llm_load_replays_traces_and_an_unmeasurable_gate_fails_saying_why(pytester, truth_url):
     pytester.makefile(".toml", pyproject=PLUGIN_CONFIG.format(url=truth_url))
     pytester.makepyfile(test_user=PLUGIN_TESTS)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v", "--update-baselines")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v", "--update-baselines", "--llmserve-repeats", "1")
     out = result.stdout.str()
     result.assert_outcomes(passed=1, failed=1)
     assert "trace replay: 40 requests over 0.828 s (speed x4)" in out
