@@ -73,7 +73,8 @@ def _managed(name: str, launcher: Path, *args: str) -> str:
 
 
 # These tests are about options, not client fidelity: a busy machine must not make their runs invalid.
-LENIENT = "client = { max_merged_token_frac = 1.0, merged_lag_tolerance_ms = 1e6, max_loop_lag_p99_ms = 1e6 }\n"
+LENIENT = ("client = { max_merged_token_frac = 1.0, merged_lag_tolerance_ms = 1e6, max_loop_lag_p99_ms = 1e6 }\n"
+           "baseline_gate = { repeats = 1 }\n")  # one recorded round: the served count is --llmserve-requests
 
 
 def _external(name: str, url: str) -> str:
@@ -167,7 +168,8 @@ def test_every_option_takes_effect_from_each_route_and_the_first_route_wins(proj
     assert f"test_load[{fast}]" in (root / values["--llmserve-report-md"]).read_text()
     # --update-baselines + --llmserve-hardware + --llmserve-baselines-dir (relative to the config file)
     stored = root / "configs" / values["--llmserve-baselines-dir"] / values["--llmserve-hardware"]
-    assert sorted(p.name for p in stored.iterdir()) == [f"{fast}.json", f"{managed}.json"]
+    assert sorted(p.name for p in stored.iterdir()) == sorted(f"{t}{suffix}" for t in (fast, managed)
+                                                               for suffix in (".json", ".samples.json.gz"))
     assert json.loads((stored / f"{fast}.json").read_text())["hardware"] == values["--llmserve-hardware"]
     assert report["hardware"] == values["--llmserve-hardware"] and "baselines updated (old -> new):" in out
     # --llmserve-log-dir holds the managed server's log, named in its start-up progress line
