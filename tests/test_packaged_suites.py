@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from pytest_llmserve.baseline_ids import baseline_id
+from pytest_llmserve.config import Target
 from pytest_llmserve.testing import Script, TruthServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +84,8 @@ class _Item:
     "suites/test_slo.py::test_streaming_completions_meet_slo[a-c1]",
     ".venv/lib/python3.11/site-packages/pytest_llmserve/suites/test_slo.py::test_streaming_completions_meet_slo[a-c1]",
     "test_slo.py::test_streaming_completions_meet_slo[a-c1]",
-    "../../opt/venv/lib/python3.12/site-packages/pytest_llmserve/suites/test_slo.py::test_streaming_completions_meet_slo[a-c1]",
+    "../../opt/venv/lib/python3.12/site-packages/pytest_llmserve/suites/test_slo.py::"
+    "test_streaming_completions_meet_slo[a-c1]",
 ])
 def test_a_packaged_suite_test_has_one_baseline_id_however_it_was_collected(nodeid):
     assert baseline_id(_Item(nodeid, "pytest_llmserve.suites.test_slo")) == \
@@ -100,7 +102,8 @@ def _pytest(project: Path, site: Path, *args: str) -> subprocess.CompletedProces
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LLMSERVE"))}
     env["PYTHONPATH"] = str(site)  # the unpacked wheel only: not the checkout
     return subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "pytest_llmserve.suites", "-m", "slo",
-                           "-p", "no:cacheprovider", "--llmserve-hardware", "cpu-2c", "--llmserve-requests", "6", *args],
+                           "-p", "no:cacheprovider", "--llmserve-hardware", "cpu-2c", "--llmserve-requests", "6",
+                           *args],
                           cwd=project, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -135,3 +138,18 @@ def test_pyargs_from_outside_the_repo_collects_and_runs_the_slo_suite_keyed_like
     compared = [r for r in report["rows"] if r["metric"] == "ttft_p50_ms"]
     assert compared and compared[0]["baseline"] is not None  # gated against what the first run recorded
     assert report["unused_baselines"] == []
+
+
+def test_installed_the_tiny_models_fixtures_are_absent_and_the_suites_say_what_to_set(site, monkeypatch):
+    probe = ("from pytest_llmserve.suites import checkout_fixture as f; "
+             "print(f('prompts', 'stdlib-64.jsonl'), f('tasks'))")
+    installed = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(site)},
+                               cwd=site, capture_output=True, text=True)
+    assert installed.stdout.split() == ["None", "None"], installed.stderr
+    from pytest_llmserve.suites import checkout_fixture, test_fp8_accuracy
+
+    assert checkout_fixture("prompts", "stdlib-64.jsonl") == ROOT / "fixtures" / "prompts" / "stdlib-64.jsonl"
+    monkeypatch.setattr(test_fp8_accuracy, "BUNDLED_TASKS", None)
+    with pytest.raises(pytest.fail.Exception, match="^no task files in the installed package .*: set "
+                                                    "options.accuracy_tasks for target 'fp8'"):
+        test_fp8_accuracy._task_paths(Target(name="fp8", kind="openai", url="http://127.0.0.1:1", model="m"))
