@@ -9,9 +9,10 @@ timings come from the load client, one per request.
 
 Mapping of one load run (the k-th `llm_load(...)` call of a test, k from 1):
 
-* ``name`` ``<test name>::llm_load#<k>``; ``fullname`` ``<nodeid>::llm_load#<k>`` (unique, and
-  stable across sessions, so ``--benchmark-compare`` pairs runs; never the test's own nodeid,
-  which a ``benchmark`` fixture in the same test uses).
+* ``name`` ``<test name>::llm_load#<k>``; ``fullname`` ``<baseline id>::llm_load#<k>`` (the node id,
+  but ``suites/<file>::...`` for the ready-made suites however collected: baseline_ids.py; unique, and
+  stable across sessions and install paths, so ``--benchmark-compare`` pairs runs; never the test's
+  own nodeid, which a ``benchmark`` fixture in the same test uses).
 * ``group`` ``llmserve <target>``: load runs get their own table, apart from micro-benchmarks.
 * ``param`` / ``params``: the test's callspec id and params (values that are not JSON scalars
   are given by their ``name`` attribute, e.g. a Target, else ``repr``).
@@ -38,6 +39,7 @@ from typing import Any
 
 import pytest
 
+from .baseline_ids import baseline_id
 from .hardware import HardwareContext
 from .load import RunResult
 
@@ -110,7 +112,7 @@ def entry_for_run(item: pytest.Item, index: int, target: str, hardware: str, res
     suffix = f"::llm_load#{index}"
     return LoadBenchmark(
         name=item.name + suffix,
-        fullname=item.nodeid + suffix,
+        fullname=baseline_id(item) + suffix,
         group=f"llmserve {target}",
         param=callspec.id if callspec else None,
         params={k: _jsonable(v) for k, v in callspec.params.items()} if callspec else None,

@@ -11,6 +11,7 @@ import pytest
 
 from . import benchmark_bridge
 from .config import ConfigError, Target, parse_cpu_list
+from .baseline_ids import baseline_id
 from .baseline_samples import check_shape
 from .baselines import BaselineError, is_statistical
 from .load import CheckLimits, ClientOptions, LoadProgress, LoadSpec, RunResult, run_load
@@ -87,7 +88,7 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
     session = get_session(request.config)
     marker = request.node.get_closest_marker("slo")
     limits = dict(marker.kwargs) if marker else {}
-    nodeid = request.node.nodeid
+    nodeid, key = request.node.nodeid, baseline_id(request.node)  # key: where its baselines are stored
 
     def spec_of(spec_args: dict[str, Any]) -> tuple[FittedLoad, list[str]]:
         shown = ", ".join(f"{k}={v!r}" for k, v in spec_args.items())
@@ -140,10 +141,10 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
         entry, baseline = None, None
         if not session.store.update:
             try:
-                entry = session.store.lookup_entry(llm_server.target.name, nodeid)
+                entry = session.store.lookup_entry(llm_server.target.name, key)
                 if sequential and entry is not None and is_statistical(entry):
-                    check_shape(entry, spec, session.store.path_for(llm_server.target.name), nodeid)
-                    baseline = baseline_rounds(session.store, llm_server.target.name, nodeid)
+                    check_shape(entry, spec, session.store.path_for(llm_server.target.name), key)
+                    baseline = baseline_rounds(session.store, llm_server.target.name, key)
             except BaselineError as exc:
                 _fail_once(str(exc))
         mode = plan_mode(entry, session.store.update, sequential)
@@ -166,7 +167,7 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
         if resets and (resets[-1].done or hit_rate is None or hit_rate > 0):  # a cache never hit inflated nothing
             context.append(resets[-1].line)
         resets.clear()
-        return LoadOutcome(result=result, target=llm_server.target, nodeid=nodeid,
+        return LoadOutcome(result=result, target=llm_server.target, nodeid=nodeid, baseline_id=key,
                            session=session, marker_limits=limits, context=context,
                            metrics_url=llm_server.metrics_url,
                            optimisations=session.optimisations_of(llm_server),

@@ -20,13 +20,30 @@ def describe_target(target: Target) -> str:
     return f"{target.name} ({target.kind}, {where})" if where else f"{target.name} ({target.kind})"
 
 
+def probe_line(target: Target) -> str:
+    """What is known of a target's API before its server starts: whether it is probed, and what config sets.
+
+    The probe itself runs when the server is ready (for an external URL too: a network call here would
+    also run under --collect-only and on every xdist worker); its findings are in the llmserve summary
+    and the JSON report's "servers".
+    """
+    if target.kind == "triton":
+        return f"llmserve probe {target.name}: not probed (Triton's own protocol, not the OpenAI API)"
+    told = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                     for k, v in sorted(target.capabilities.items()))
+    return (f"llmserve probe {target.name}: when its server is ready (findings in the end-of-run summary and "
+            f"the JSON report's 'servers'); {'set in config: ' + told if told else 'no capabilities set in config'}")
+
+
 def header_lines(pconfig: pytest.Config, state: LlmserveSession) -> list[str]:
-    """Hardware, targets and the llmserve flags (from CLI, env or ini alike) that repeat this run."""
+    """Hardware, targets, how each target's API is probed, and the llmserve flags (from CLI, env or ini
+    alike) that repeat this run."""
     source = str(Path(state.config.source).resolve()) if state.config.source else "no llmserve config file found"
     targets = ", ".join(describe_target(t) for t in state.selected) or "none selected"
     flags = options.reproduce_flags(pconfig)
     return [
         state.hardware.header(),
         f"llmserve targets: {targets} (config: {source})",
+        *(probe_line(t) for t in state.selected),
         "llmserve reproduce: pytest " + " ".join(flags) if flags else "llmserve reproduce: no llmserve flags set (defaults)",
     ]

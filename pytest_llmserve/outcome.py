@@ -28,6 +28,7 @@ class LoadOutcome:
     result: RunResult
     target: Target
     nodeid: str
+    baseline_id: str  # what its baseline entries are stored under (baseline_ids.py; the node id but for the suites)
     session: LlmserveSession
     marker_limits: Mapping[str, float] = field(default_factory=dict)
     context: list[str] = field(default_factory=list)
@@ -64,7 +65,7 @@ class LoadOutcome:
         self.incumbent_server = None
         try:
             if keep:
-                self.session.store.lookup(self.target.name, self.nodeid)  # still in use, not "unused"
+                self.session.store.lookup(self.target.name, self.baseline_id)  # still in use, not "unused"
             comparisons = [] if keep else self._compare(metrics, notes)
             self.comparisons = comparisons
         except BaselineError as exc:
@@ -84,7 +85,7 @@ class LoadOutcome:
         context += server_lines(self.server_metrics)
         context += runtime.context + set_aside
         if not comparisons and not self.session.store.update:
-            others = self.session.store.other_hardware_with(self.target.name, self.nodeid)
+            others = self.session.store.other_hardware_with(self.target.name, self.baseline_id)
             if others:
                 context.append(f"baselines exist for hardware {', '.join(others)} only; not compared across hardware")
         gate = self.session.gate_settings(self.target)
@@ -126,7 +127,7 @@ class LoadOutcome:
                              else [])
         if not base:
             try:
-                base = baseline_rounds(self.session.store, self.target.name, self.nodeid)
+                base = baseline_rounds(self.session.store, self.target.name, self.baseline_id)
             except BaselineError:
                 base = []
         run = [round_of(r) for r in self.measurement.results] if self.measurement else []
@@ -151,21 +152,21 @@ class LoadOutcome:
         if store.update:
             checks = gate_checks(rounds, rounds, gate)
             entry = summary_entry(shape_of(self.result.spec), rounds, checks) | server_incumbent.server_field(metrics)
-            store.record_entry(name, self.nodeid, entry, [round_to_dict(r, BASELINE_METRICS) for r in rounds])
+            store.record_entry(name, self.baseline_id, entry, [round_to_dict(r, BASELINE_METRICS) for r in rounds])
             return [MetricComparison(c.metric, c.check.candidate_value, None,
                                      tolerances.get(c.metric) or default_tolerance(c.metric), "recorded")
                     for c in checks]
-        entry = store.lookup_entry(name, self.nodeid)
+        entry = store.lookup_entry(name, self.baseline_id)
         self.incumbent_server = server_incumbent.stored_server(entry) if entry is not None else None
         if entry is None or not is_statistical(entry):
             if entry is not None:
                 notes.append("baseline entry is in the old one-number format: compared by the old tolerance rule "
                              "(baseline ± rel·|baseline| + abs); re-record with --update-baselines for the "
                              "statistical verdict")
-            return store.compare(name, self.nodeid, values, tolerances)
-        check_shape(entry, self.result.spec, store.path_for(name), self.nodeid)
+            return store.compare(name, self.baseline_id, values, tolerances)
+        check_shape(entry, self.result.spec, store.path_for(name), self.baseline_id)
         stored = (self.measurement.baseline_rounds if self.measurement and self.measurement.baseline_rounds
-                  else baseline_rounds(store, name, self.nodeid))
+                  else baseline_rounds(store, name, self.baseline_id))
         out = []
         for c in gate_checks(stored, rounds, gate):
             verdict = {"pass": "ok"}.get(c.verdict, c.verdict) if c.gated else f"({c.verdict})"

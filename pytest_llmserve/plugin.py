@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from . import benchmark_bridge, markers, options, progress, report, xdist_support
+from .baseline_ids import baseline_id
 from .checks.slo import validate_limits
 from .fixtures import _llm_server_session, llm_load, llm_server, llm_servers, llm_target  # noqa: F401  (fixtures)
 from .header import header_lines
@@ -56,7 +57,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     state = get_session(config)
-    state.collected_ids.update(item.nodeid for item in items)
+    state.collected_ids.update(baseline_id(item) for item in items)  # the ids baseline entries use
     for item in items:
         for marker in item.iter_markers("slo"):
             if marker.args:

@@ -105,13 +105,15 @@ def terminal_summary(reporter: Any, state: LlmserveSession) -> None:
     if state.xdist_worker is not None:
         return  # the xdist controller prints the merged summary
     unused = unused_baselines(state)
-    if not (state.results or state.store.changes or state.leftovers or unused):
+    if not (state.results or state.store.changes or state.leftovers or unused or state.pool.probed):
         return
     reporter.write_sep("=", "llmserve summary")
     reporter.write_line(f"hardware: {state.hardware.label} ({state.hardware.label_source}); "
                         f"baselines: {state.store.root}")
-    for name, caps in state.pool.probed.items():
+    for name, caps in state.pool.probed.items():  # what each server's API accepts, and why not where it does not
         reporter.write_line(f"server {name}: {caps.describe()}")
+        for note in caps.notes:
+            reporter.write_line(f"  {note}")
     if state.results:
         failed = sum(1 for e in state.results if not e.passed)
         reporter.write_line(f"{len(state.results)} checks: {len(state.results) - failed} passed, {failed} failed "
@@ -170,6 +172,7 @@ def write_reports(state: LlmserveSession) -> None:
             "unused_baselines": [{"file": str(p), "test_id": t} for p, t in unused_baselines(state)],
             "leftover_processes": state.leftovers,
             "servers": {name: caps.to_dict() for name, caps in state.pool.probed.items()},  # probed capabilities
+            "server_failures": dict(state.pool.failures),  # start-up or probe refusals, one line each
         }
         state.report_json.parent.mkdir(parents=True, exist_ok=True)
         state.report_json.write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -14,14 +14,14 @@ so the replacement gets no GPU (``CUDA_VISIBLE_DEVICES=""``) and its tests that 
 with the reason; the run is still reported, and rerunning the session reassigns GPUs.
 
 Merging: each worker sends, in ``workeroutput``, its check results, collected test ids, used
-baseline entries, baseline changes, leftover processes and pytest-benchmark entries (one JSON
-string: any ``ResultEntry.data`` survives the trip). The controller merges them in
-``pytest_testnodedown``, so its terminal summary, report files and unused-baseline detection see
-the whole run (a crashed worker sends nothing: its results are missing, while any baseline file it
-wrote is complete, and collected ids still arrive from the others, which collect the same tests).
-Baseline files need no merging: ``BaselineStore.record`` is a locked read-modify-write with an
-atomic rename, safe across worker processes. Only local (``popen``) workers get slices; with
-remote ``--tx`` specs each host keeps all of its GPUs.
+baseline entries, baseline changes, leftover processes, probed server capabilities and start-up
+failures, and pytest-benchmark entries (one JSON string: any ``ResultEntry.data`` survives the
+trip). The controller merges them in ``pytest_testnodedown``, so its terminal summary, report files
+and unused-baseline detection see the whole run (a crashed worker sends nothing: its results are
+missing, while any baseline file it wrote is complete, and collected ids still arrive from the
+others, which collect the same tests). Baseline files need no merging: ``BaselineStore.record`` is a
+locked read-modify-write with an atomic rename, safe across worker processes. Only local (``popen``)
+workers get slices; with remote ``--tx`` specs each host keeps all of its GPUs.
 
 No server is shared between workers. The xdist "run once" recipe (a FileLock around a session
 fixture) has no teardown story: the first worker to finish stops the server while others still
@@ -44,6 +44,7 @@ import pytest
 from . import benchmark_bridge
 from .baselines import BaselineChange
 from .hardware import plan_gpu_slices, select_visible
+from .servers.capabilities import Capabilities
 from .session import LlmserveSession, ResultEntry
 
 SLOT_KEY = "llmserve_gpu_slot"  # in node.workerinput
@@ -183,6 +184,8 @@ def worker_output(state: LlmserveSession, pconfig: pytest.Config, order: list[st
         "changes": [{"path": str(c.path), "test_id": c.test_id, "old": c.old, "new": c.new}
                     for c in state.store.changes],
         "leftovers": state.leftovers,
+        "probed": {name: caps.to_dict() for name, caps in state.pool.probed.items()},
+        "server_failures": state.pool.failures,
         "benchmarks": [entry.to_dict() for entry in benchmark_bridge.recorded(pconfig)],
     }
     return json.dumps(payload, default=str)
@@ -199,6 +202,10 @@ def merge_worker_output(state: LlmserveSession, payload: dict[str, Any], pconfig
     state.store.changes.sort(key=lambda c: (str(c.path), c.test_id))
     for name, pids in payload["leftovers"].items():
         state.leftovers[f"{name} on {worker}"] = pids
+    for name, caps in payload["probed"].items():  # each worker probes its own server of a target
+        state.pool.probed.setdefault(name, Capabilities.from_dict(caps))
+    for name, message in payload["server_failures"].items():
+        state.pool.failures.setdefault(name, message)
     state.results.extend(ResultEntry(**entry) for entry in payload["results"])
     rank = {nodeid: i for i, nodeid in enumerate(payload["order"])}  # every worker collects the same items
     state.results.sort(key=lambda e: rank.get(e.nodeid, len(rank)))

@@ -117,6 +117,20 @@ def test_controller_merge_keeps_collection_order_usage_and_names_leftovers_by_wo
     assert [test_id for _, test_id in controller.store.unused(["t"], controller.collected_ids)] == ["m.py::gone"]
 
 
+def test_controller_reports_the_capabilities_and_refusals_its_workers_probed(tmp_path, pytestconfig):
+    from pytest_llmserve.servers.capabilities import Capabilities
+
+    caps = Capabilities(readiness="/v1/models", token_id_prompts=False, notes=("token_id_prompts: HTTP 400",))
+    controller = _session(tmp_path)
+    for worker, probed, failures in (("gw0", {"a": caps}, {}), ("gw1", {}, {"b": "target 'b': not ready"})):
+        state = _session(tmp_path, worker)
+        state.pool.probed.update(probed)
+        state.pool.failures.update(failures)
+        merge_worker_output(controller, json.loads(worker_output(state, pytestconfig, [])), pytestconfig)
+    assert controller.pool.probed == {"a": caps}
+    assert controller.pool.failures == {"b": "target 'b': not ready"}
+
+
 # ------------------------------------------------------------------ real xdist runs (pytester, subprocesses)
 @pytest.fixture(scope="module")
 def truth_url():

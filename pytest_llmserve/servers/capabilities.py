@@ -100,6 +100,17 @@ class Capabilities:
         d["overridden"], d["notes"] = list(self.overridden), list(self.notes)
         return d
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Capabilities:
+        """The inverse of to_dict (an xdist worker's probe, merged into the controller's report)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        fields = {k: v for k, v in d.items() if k in known}
+        for name in ("overridden", "notes"):
+            fields[name] = tuple(fields.get(name, ()))
+        if fields.get("models") is not None:
+            fields["models"] = tuple(fields["models"])
+        return cls(**fields)
+
 
 def common(caps: list[Capabilities]) -> Capabilities:
     """What every one of several servers accepts (sweeps and A/B runs send all of them the same requests)."""
