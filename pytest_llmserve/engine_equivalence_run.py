@@ -22,7 +22,7 @@ from .config import Target
 from .engine_outputs import SideResult, cached_side, engine_version, side_identity
 from .equivalence_run import max_model_len
 from .prompt_windows import window_prompts
-from .reference import Prompt, decoder, fit_prompts, load_prompts
+from .reference import Prompt, ReferenceError, decoder, fit_prompts, load_prompts
 from .server_info import max_model_len as served_max_model_len
 from .servers.base import ServerHandle
 
@@ -110,9 +110,12 @@ class EngineEquivalenceRun:
 
 
 def engine_prompts(candidate: ServerHandle, incumbent: ServerHandle, settings: EngineEquivalenceSettings,
-                   default_prompt_file: str | Path) -> tuple[tuple[Prompt, ...], list[str]]:
+                   default_prompt_file: str | Path | None) -> tuple[tuple[Prompt, ...], list[str]]:
     """The planned prompt set, cut to fit both servers' lengths, and a note on where it came from."""
     target = candidate.target
+    if not settings.prompt_file and default_prompt_file is None:
+        raise ReferenceError(f"target {target.name!r}: no prompt set for the engine comparison (the installed package "
+                             "ships none): set options.engine_equivalence.prompt_file")
     source_file = Path(settings.prompt_file).expanduser() if settings.prompt_file else Path(default_prompt_file)
     if settings.prompt_file and not source_file.is_absolute() and not target.source.startswith("<"):
         source_file = Path(target.source).parent / source_file
@@ -129,7 +132,7 @@ def engine_prompts(candidate: ServerHandle, incumbent: ServerHandle, settings: E
 
 
 def run_engine_equivalence(candidate: ServerHandle, incumbent: ServerHandle, *, cache_dir: str | Path,
-                           default_prompt_file: str | Path, refresh: bool = False,
+                           default_prompt_file: str | Path | None, refresh: bool = False,
                            settings: EngineEquivalenceSettings | None = None) -> EngineEquivalenceRun:
     """Compare `candidate` with `incumbent` on the planned prompts within the budget (see the module doc)."""
     started = time.perf_counter()
