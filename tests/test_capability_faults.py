@@ -180,3 +180,16 @@ def test_only_min_tokens_accepted_forces_the_work_with_it_alone():
     fitted = fit_load(LoadSpec(output_len=7), Capabilities(ignore_eos=False))
     assert fitted.matched_work == "forced" and fitted.forced_fields == ("min_tokens",)
     assert fitted.spec.extra_body == {"min_tokens": 7} and not fitted.spec.ignore_eos
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("# HELP vllm:num_requests_running x\n# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 0.0\n", True),
+    ('trtllm_kv_cache_utilization{model_name="x"} 0.0\n', True),   # trtllm-serve /prometheus/metrics: no TYPE lines
+    ('[{"iter": 1, "numActiveRequests": 0}]', False),             # trtllm-serve /metrics: iteration stats as JSON
+    ("<html><body>Not Found</body></html>", False),
+    ("", False),
+])
+def test_prometheus_text_is_told_from_json_and_html(text, expected):
+    from pytest_llmserve.servers.capabilities import is_prometheus_text
+
+    assert is_prometheus_text(text) is expected

@@ -143,9 +143,10 @@ def test_failed_scrapes_are_counted_not_raised():
 
 
 def test_sampler_sees_queueing_on_the_scripted_triton_during_load():
-    model = ScriptedModel(name="m", ttft_s=0.05, itl_s=0.02, max_batch_size=1)
+    # ~0.5 s a request, 1.5 s in all: the queue outlasts the sampler's child-process start-up on a busy machine
+    model = ScriptedModel(name="m", ttft_s=0.05, itl_s=0.05, max_batch_size=1)
     with KServeTestServer(model) as srv, httpx.Client(timeout=10) as client:
-        body = {"text_input": "a b c", "max_tokens": 5, "stream": True}
+        body = {"text_input": "a b c", "max_tokens": 10, "stream": True}
         with MetricsSampler(srv.metrics_url, interval_s=0.02) as sampler:
             threads = [threading.Thread(target=client.post, args=(f"{srv.http_url}/v2/models/m/generate_stream",),
                                         kwargs={"json": body}) for _ in range(3)]

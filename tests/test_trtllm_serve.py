@@ -69,6 +69,15 @@ STANDIN = textwrap.dedent('''
                 self.send(200, b"trtllm_kv_cache_utilization{model_name=\\"x\\"} 0.0\\n", "text/plain")
             else:
                 self.send(404)
+        def do_POST(self):  # one token, as trtllm-serve answers the start-up capability probe
+            body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+            chat = self.path == "/v1/chat/completions"
+            choice = {"index": 0, "finish_reason": "length",
+                      **({"message": {"role": "assistant", "content": " a"}} if chat else {"text": " a"})}
+            if self.path not in ("/v1/completions", "/v1/chat/completions") or body.get("stream"):
+                return self.send(404)
+            self.send(200, json.dumps({"id": "x", "model": served, "choices": [choice],
+                                       "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode())
     print(f"INFO:     Uvicorn running on http://{host}:{port}", flush=True)
     ThreadingHTTPServer((host, port), H).serve_forever()
 ''')

@@ -38,7 +38,7 @@ class FittedLoad:
     def describe(self) -> str:
         """e.g. 'work: completions, token-id prompts, matched work: forced (ignore_eos, min_tokens)'."""
         how = {"forced": f"forced ({', '.join(self.forced_fields)})", "verified": "verified, not forced",
-               "off": "off (ignore_eos=False)"}[self.matched_work]
+               "off": "off (ignore_eos=False: EOS not ignored, lengths up to max_tokens)"}[self.matched_work]
         return f"work: {self.spec.endpoint}, {self.prompt_form}, matched work: {how}"
 
     def work(self) -> dict[str, object]:

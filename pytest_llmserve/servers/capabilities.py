@@ -11,6 +11,7 @@ any load runs.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -226,6 +227,17 @@ def _model_refused(answer: _Answer, model: str) -> bool:
                                                                "not serve", "invalid model"))
 
 
+_SAMPLE_LINE = re.compile(r"^[A-Za-z_:][\w:]*(\{[^}]*\})?\s+[-+]?(\d|\.\d|[Nn]a[Nn]|[Ii]nf)")
+
+
+def is_prometheus_text(text: str) -> bool:
+    """Whether a body is Prometheus exposition text: a `# TYPE` line or at least one `name{labels} value` sample
+    (trtllm-serve's /prometheus/metrics sends samples without TYPE lines; its /metrics is JSON)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return bool(lines) and (any(line.startswith("# TYPE ") for line in lines)
+                            or any(_SAMPLE_LINE.match(line) for line in lines if not line.startswith("#")))
+
+
 def _who(target: str) -> str:
     return f"target {target!r}" if target else "the run"
 
@@ -238,6 +250,7 @@ def model_refused(target: str, model: str, base_url: str, answer: _Answer) -> Ca
 
 def probe_capabilities(base_url: str, model: str, *, readiness: str = "/health", overrides: Mapping[str, Any] = {},
                        headers: Mapping[str, str] = {}, tokenizer_candidates: tuple[str, ...] = (),
+                       metrics_path: str = "/metrics",
                        target: str = "") -> Capabilities:
     """Ask the (ready) server what it accepts; raise CapabilityError when it is not an OpenAI server for `model`."""
     c = _Client(base_url, headers)
@@ -314,10 +327,11 @@ def probe_capabilities(base_url: str, model: str, *, readiness: str = "/health",
         facts["logprobs"] = False
         notes.append("logprobs: no completions endpoint to ask")
     if "metrics" not in overrides:
-        answer = c.call("GET", "/metrics")
-        facts["metrics"] = answer.status == 200 and "# TYPE" in answer.text
+        answer = c.call("GET", metrics_path)  # the backend's metrics route (trtllm-serve: /prometheus/metrics)
+        facts["metrics"] = answer.status == 200 and is_prometheus_text(answer.text)
         if not facts["metrics"]:
-            notes.append(f"metrics: GET /metrics answered {answer.short() if answer.status != 200 else 'no Prometheus text'}")
+            notes.append(f"metrics: GET {metrics_path} answered "
+                         f"{answer.short() if answer.status != 200 else 'no Prometheus text'}")
     facts.update({k: v for k, v in overrides.items() if k != "tokenizer"})
     tokenizer = overrides.get("tokenizer") or find_tokenizer(tokenizer_candidates)
     return Capabilities(**facts, tokenizer=tokenizer, models=models, server=str(comp.headers.get("server", "")),

@@ -153,12 +153,22 @@ def _probe(handle: ServerHandle, plan: LaunchPlan, progress: Callable[[str], Non
     try:
         handle.capabilities = probe_capabilities(
             handle.base_url, handle.model, readiness=plan.answered.get("route", plan.readiness_route),
-            overrides=target.capabilities, tokenizer_candidates=tokenizer_candidates(target), target=target.name)
+            overrides=target.capabilities, tokenizer_candidates=tokenizer_candidates(target), target=target.name,
+            metrics_path=_metrics_path(handle))
     except CapabilityError as exc:
         raise ServerStartError(str(exc)) from None
     if not handle.capabilities.metrics:
         handle.metrics_url = None  # nothing to sample during load
     progress(f"llmserve: target {target.name!r} capabilities: {handle.capabilities.describe()}")
+
+
+def _metrics_path(handle: ServerHandle) -> str:
+    """The path of the backend's metrics URL on the server's own host, else /metrics."""
+    from urllib.parse import urlsplit
+
+    if handle.metrics_url and handle.metrics_url.startswith(handle.base_url):
+        return urlsplit(handle.metrics_url).path or "/metrics"
+    return "/metrics"
 
 
 def tokenizer_candidates(target: Target) -> tuple[str, ...]:
