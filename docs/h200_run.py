@@ -5,7 +5,7 @@ Run from the repository root (PYTHONPATH=.); docs/h200_run.md shows the device c
     python docs/h200_run.py calibrate --model DIR --json F          HF bf16 vs HF fp32, same device, by depth
     python docs/h200_run.py sweep --model DIR --out D               two servers (graphs on / off), llmserve sweep
     python docs/h200_run.py all --out D                             what the device call ran: all of the above
-    python docs/h200_run.py slo --model DIR --out D                 pytest -m slo suites/ against transformers serve
+    python docs/h200_run.py slo --model DIR --out D [--marker workload]   pytest -m slo (or workload) suites/ against transformers serve
     python docs/h200_run.py graphs SWEEP.json                       timing-based CUDA-graph verdict, on vs off
 Every subcommand takes --device (cuda; cpu for a smoke run with a tiny --layers/--hidden model).
 """
@@ -244,31 +244,34 @@ url = "{url}"
 model = "{model}"
 concurrency = [{levels}]
 # absolute limits of this 1.05 B model on one H200 (graphs on: ITL ~20 ms, TTFT p95 < 0.3 s up to c=32)
-slo = {{ ttft_p95_ms = 1000, itl_p95_ms = 100, e2e_p95_ms = 5000, max_error_rate = 0.0 }}
+slo = {{ ttft_p95_ms = 1000, itl_p95_ms = 100, e2e_p95_ms = {e2e_limit:g}, max_error_rate = 0.0 }}
+# suites/test_workloads.py (the `workload` marker): the profiles that fit a 2048-position model in one call,
+# 16 requests each (batch at 16 in flight); /v1/models does not answer here, so max_model_len is given
+workloads = {{ profiles = ["chat", "rag", "batch", "multi-turn"], requests = 16, max_model_len = 2048, batch = {{ concurrency = 16 }} }}
 """
 
 
 def run_slo(model_dir: Path, out: Path, a: argparse.Namespace) -> int:
     """transformers serve (graphs on), a bare openai target, pytest -m slo --update-baselines, then the gate."""
     out.mkdir(parents=True, exist_ok=True)
-    server = Server(model_dir, a.port, graphs=True, device=a.device, memory=a.memory, log_path=out / "serve-slo.log")
+    server = Server(model_dir, a.port, graphs=True, device=a.device, memory=a.memory, log_path=out / f"serve-{a.marker}.log")
     codes = []
     try:
         log(f"{server.url} healthy after {server.wait_ready(a.startup_timeout):.1f} s")
         config = out / "llmserve.toml"
         config.write_text(SLO_TOML.format(baselines=out / "baselines", url=server.url, model=model_dir,
                                           levels=", ".join(a.slo_levels.split(",")), budget=a.budget_s,
-                                          repeats=a.repeats))
+                                          repeats=a.repeats, e2e_limit=5000 if a.marker == "slo" else 60000))
         from importlib.metadata import entry_points
 
         # not pip-installed (the device runs from the copied tree): load the plugin by name
         load = [] if any(e.name == "llmserve" for e in entry_points(group="pytest11")) else ["-p", "pytest_llmserve.plugin"]
-        base = [sys.executable, "-m", "pytest", *load, "-p", "no:cacheprovider", "-m", "slo",
+        base = [sys.executable, "-m", "pytest", *load, "-p", "no:cacheprovider", "-m", a.marker,
                 str(ROOT / "suites"), "--llmserve-config", str(config), "-rA", "-q",
                 "--llmserve-baselines-dir", str(out / "baselines")]  # the repo's ini must not send them elsewhere
         for step, extra in (("update", ["--update-baselines"]), ("gate", [])):
-            extra += ["--llmserve-report-md", str(out / f"slo-{step}.md"),
-                      "--llmserve-report-json", str(out / f"slo-{step}.json")]
+            extra += ["--llmserve-report-md", str(out / f"{a.marker}-{step}.md"),
+                      "--llmserve-report-json", str(out / f"{a.marker}-{step}.json")]
             log("$ " + " ".join(base + extra))
             t0 = time.monotonic()
             codes.append(subprocess.call(base + extra, cwd=ROOT, env={**os.environ, **HF_ENV}))
@@ -331,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sl.add_argument("--slo-levels", default="1,16", help="the target's concurrency list for suites/test_slo.py")
     sl.add_argument("--budget-s", type=float, default=70.0, help="baseline_gate.budget_s: seconds per test and step")
     sl.add_argument("--repeats", type=int, default=5, help="baseline_gate.repeats: rounds --update-baselines records")
+    sl.add_argument("--marker", default="slo", choices=("slo", "workload"),
+                    help="which ready-made suite: slo (test_slo.py) or workload (test_workloads.py, the profiles that fit)")
     for q in (m, c, s, al, sl):
         q.add_argument("--device", default="cuda")
     for q in (m, al):
