@@ -46,3 +46,32 @@ def test_without_a_tokenizer_prompts_are_words_and_the_notes_say_lengths_are_app
 def test_token_id_prompts_given_to_a_server_that_refuses_them_fail_with_what_to_do():
     with pytest.raises(ValueError, match="prompts are token ids, but the server does not take token-id prompts"):
         fit_load(LoadSpec(prompts=((1, 2, 3),)), Capabilities(token_id_prompts=False))
+
+
+def test_explicit_token_id_prompts_are_refused_even_with_a_tokenizer():
+    caps = Capabilities(token_id_prompts=False, tokenizer=str(TINY_MODEL))
+    with pytest.raises(ValueError, match="give text prompts"):
+        fit_load(LoadSpec(prompts=((1, 2, 3),)), caps, explicit={"prompts"})
+
+
+@pytest.mark.parametrize("name", ["rag", "multi-turn"])
+def test_a_workloads_token_id_prompts_go_as_text_keeping_shared_prefixes_and_sessions(name):
+    # transformers serve takes string prompts only (H200 run, 2026-12-02): the workload suite sent nothing before
+    from pytest_llmserve.load.workloads import workload
+
+    caps = Capabilities(token_id_prompts=False, ignore_eos=False, min_tokens=False, tokenizer=str(TINY_MODEL))
+    spec = workload(name, max_model_len=1024, requests=8, warmup=0).spec
+    fitted = fit_load(spec, caps, explicit={"workload"})
+    texts = fitted.spec.prompts
+    assert all(isinstance(t, str) for t in texts) and "as text" in fitted.prompt_form
+    words = word_tokens(str(TINY_MODEL))
+    assert [words.count(t) for t in texts] == [len(p) for p in spec.prompts]  # one token per id
+    for i, j in ((0, 1), (0, 2), (1, 3)):  # a prefix shared in ids is shared in text, and only then
+        shared = next((k for k, (a, b) in enumerate(zip(spec.prompts[i], spec.prompts[j])) if a != b),
+                      min(len(spec.prompts[i]), len(spec.prompts[j])))
+        assert texts[i][: len(ids_text := "".join(words.words[t % len(words.words)] for t in spec.prompts[i][:shared]))] \
+            == texts[j][: len(ids_text)]
+    if spec.sessions is not None:
+        fitted.spec.sessions.validate(texts)  # every later turn still starts with the turn it continues
+        assert not fitted.spec.sessions.token_ids
+        assert all(e is None for e, p in zip(fitted.expected_prompt_tokens, spec.sessions.previous) if p >= 0)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Collection
 from .prompts import synthetic_prompt
 from .result import RunResult
 from .spec import LoadSpec
-from .text_prompts import TokenizerUnavailable, exact_text_prompt, word_tokens
+from .text_prompts import TokenizerUnavailable, exact_text_prompt, ids_as_text, word_tokens
 
 if TYPE_CHECKING:
     from ..servers.capabilities import Capabilities
@@ -98,9 +98,12 @@ def fit_load(spec: LoadSpec, caps: Capabilities | None, explicit: Collection[str
     if spec.prompts is not None:
         ids = any(not isinstance(p, str) for p in spec.prompts)
         if ids and (endpoint == "chat" or not caps.token_id_prompts):
-            raise ValueError(f"prompts are token ids, but the server does not take token-id prompts on {endpoint} "
-                             f"({caps.missing('token_id_prompts')}); give text prompts")
-        form = _given_form(spec)
+            if "prompts" in explicit or not caps.tokenizer:
+                raise ValueError(f"prompts are token ids, but the server does not take token-id prompts on {endpoint} "
+                                 f"({caps.missing('token_id_prompts')}); give text prompts")
+            spec, expected, form = _generated_ids_as_text(spec, caps, notes)  # a workload's or trace's own prompts
+        else:
+            form = _given_form(spec)
     elif endpoint == "completions" and caps.token_id_prompts:
         form = "token-id prompts"
     else:
@@ -125,6 +128,27 @@ def fit_load(spec: LoadSpec, caps: Capabilities | None, explicit: Collection[str
         notes.append("multi-turn: the server refuses vLLM's extension fields, so return_token_ids is not asked for; "
                      "later turns carry stand-in token ids of the reply's length")
     return FittedLoad(spec, matched, form, expected, tuple(notes), fields)
+
+
+def _generated_ids_as_text(spec: LoadSpec, caps: Capabilities, notes: list[str]) -> tuple[LoadSpec, tuple, str]:
+    """A workload's (or trace's) token-id prompts as text for a server that takes strings only: each id becomes
+    one of the tokenizer's single-token words, so lengths, shared prefixes and multi-turn continuations keep
+    their shape; usage.prompt_tokens is checked against each text's own count."""
+    try:
+        words = word_tokens(str(caps.tokenizer))
+    except TokenizerUnavailable as exc:
+        raise ValueError(f"prompts are token ids and the server takes strings only; {exc}") from None
+    texts = tuple(ids_as_text(words, p) for p in spec.prompts)
+    chat = spec.endpoint == "chat"
+    sessions, expected = spec.sessions, tuple(words.served_count(t, chat) for t in texts)
+    if sessions is not None:  # later turns carry the server's real reply: their length is not known in advance
+        lengths = [len(ids_as_text(words, p[len(p) - m:])) if m else 0 for p, m in zip(spec.prompts, sessions.message)]
+        sessions = dataclasses.replace(sessions, message=tuple(lengths), token_ids=False)
+        expected = tuple(e if prev < 0 else None for e, prev in zip(expected, sessions.previous))
+    notes.append("the workload's token-id prompts were sent as text (one single-token word per id): the server "
+                 "takes string prompts only")
+    return (dataclasses.replace(spec, prompts=texts, sessions=sessions), expected,
+            f"{len(texts)} workload prompts as text (tokenizer {caps.tokenizer})")
 
 
 def _given_form(spec: LoadSpec) -> str:

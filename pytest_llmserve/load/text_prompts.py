@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -90,3 +90,10 @@ def exact_text_prompt(words: WordTokens, length: int, seed: int, index: int) -> 
         if not chosen:
             raise TokenizerUnavailable(f"cannot build a {length}-token prompt with this tokenizer")
     return text
+
+
+def ids_as_text(words: WordTokens, ids: Sequence[int]) -> str:
+    """Token-id prompt `ids` as text, one single-token word per id (the id picks the word): equal id prefixes
+    give equal text prefixes, so a workload's shared prefixes stay shared; about len(ids) tokens (a tokenizer
+    that merges across words may differ, and the server's usage.prompt_tokens is checked against the text)."""
+    return "".join(words.words[int(i) % len(words.words)] for i in ids)
