@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,22 @@ def test_a_workloads_token_id_prompts_go_as_text_keeping_shared_prefixes_and_ses
         fitted.spec.sessions.validate(texts)  # every later turn still starts with the turn it continues
         assert not fitted.spec.sessions.token_ids
         assert all(e is None for e, p in zip(fitted.expected_prompt_tokens, spec.sessions.previous) if p >= 0)
+
+
+def test_verified_work_is_checked_against_each_requests_own_length():
+    # a workload asks each request for its own max_tokens; a server that honours it is matched work (H200 run:
+    # every workload round was wrongly invalid against the nominal output_len before)
+    from pytest_llmserve.load import run_load
+    from pytest_llmserve.testing import Script, TruthServer
+
+    caps = Capabilities(ignore_eos=False, min_tokens=False)
+    spec = LoadSpec(concurrency=2, requests=6, warmup=0, input_len=4, output_len=4, output_lens=(2, 5, 3))
+    fitted = fit_load(spec, caps)
+    assert fitted.matched_work == "verified"
+    with TruthServer(Script(ttft_ms=1, itl_ms=1)) as server:  # decodes exactly the max_tokens it is sent
+        ok = fitted.check(run_load(server.url, "truth-model", fitted.spec))
+        assert ok.valid, ok.invalid_reasons
+        short = fitted.check(run_load(server.url, "truth-model",
+                                      dataclasses.replace(fitted.spec, extra_body={"x_truth": {"tokens": 2}})))
+    assert not short.valid and "did not decode exactly the output_lens each asked for" in short.invalid_reasons[0]
+    assert "of 5 tokens" in short.invalid_reasons[0]

@@ -48,16 +48,17 @@ class FittedLoad:
     def check(self, result: RunResult) -> RunResult:
         """Mark the run invalid where the work was not what was asked for; record how it was matched."""
         ok = [r for r in result.records if not r.warmup and r.ok]
-        L = self.spec.output_len
+        asked = self.spec.output_len_for  # each request's own max_tokens (a workload's lengths vary per request)
+        what = "the output_lens each asked for" if self.spec.output_lens else f"output_len={self.spec.output_len}"
         if self.matched_work != "off" and not self.spec.ignore_eos:  # the summary checks only ignore_eos runs
-            short = [r for r in ok if r.output_tokens != L]
+            short = [r for r in ok if r.output_tokens != asked(r.index)]
             if short:
-                examples = "; ".join(f"request {r.index}: {r.output_tokens} tokens, finish_reason={r.finish_reason}"
-                                     for r in short[:3])
+                examples = "; ".join(f"request {r.index}: {r.output_tokens} of {asked(r.index)} tokens, "
+                                     f"finish_reason={r.finish_reason}" for r in short[:3])
                 why = ("the server accepts neither ignore_eos nor min_tokens, so each response must reach it by itself"
                        if self.matched_work == "verified" else f"forced with {', '.join(self.forced_fields)} only")
                 result.invalid_reasons.append(
-                    f"{len(short)} of {len(ok)} responses did not decode exactly output_len={L} tokens ({examples}): "
+                    f"{len(short)} of {len(ok)} responses did not decode exactly {what} tokens ({examples}): "
                     f"matched work: {self.describe().split('matched work: ')[1]} ({why}); a response that stopped "
                     "early (EOS) makes the work unmatched: use prompts/a model that do not stop early within "
                     "output_len, or a server that honours ignore_eos")
