@@ -109,6 +109,9 @@ SLO_CONFIG = """
 # bare target: no per-server settings
 tolerance = {{ ttft_p50_ms = {{ rel = 3.0, abs = 50.0 }}, ttft_p95_ms = {{ rel = 3.0, abs = 50.0 }}, ttft_p99_ms = {{ rel = 3.0, abs = 50.0 }}, itl_p50_ms = {{ rel = 3.0, abs = 20.0 }}, itl_p95_ms = {{ rel = 3.0, abs = 20.0 }}, tpot_p95_ms = {{ rel = 3.0, abs = 20.0 }}, e2e_p95_ms = {{ rel = 3.0, abs = 200.0 }}, output_tok_s = {{ rel = 0.9 }}, requests_s = {{ rel = 0.9 }} }}
 
+# the statistical gate kept short: 2 recorded rounds, 20 s per gated test (a 5-round record took 239 s here)
+baseline_gate = {{ repeats = 2, budget_s = 20 }}
+
 [[targets]]
 name = "hf-serve"
 kind = "openai"
@@ -127,7 +130,8 @@ def test_transformers_serve_as_a_bare_openai_target_records_then_gates_the_ready
     record = pytester.runpytest_subprocess(*common, "--update-baselines")
     record.assert_outcomes(passed=2)
     stored = json.loads((pytester.path / "baselines" / "cpu-2c" / "hf-serve.json").read_text())["entries"]
-    assert len(stored) == 2 and all(e["output_tok_s"] > 0 for e in stored.values())
+    assert len(stored) == 2 and all(e["metrics"]["output_tok_s"]["value"] > 0 and e["repeats"] == 2
+                                    for e in stored.values())
     gate = pytester.runpytest_subprocess(*common)
     gate.assert_outcomes(passed=2)
     out = gate.stdout.str()
