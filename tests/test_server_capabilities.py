@@ -130,7 +130,7 @@ def test_transformers_serve_as_a_bare_openai_target_records_then_gates_the_ready
     record = pytester.runpytest_subprocess(*common, "--update-baselines")
     record.assert_outcomes(passed=2)
     stored = json.loads((pytester.path / "baselines" / "cpu-2c" / "hf-serve.json").read_text())["entries"]
-    assert len(stored) == 2 and all(e["metrics"]["output_tok_s"]["value"] > 0 and e["repeats"] == 2
+    assert len(stored) == 2 and all(e["metrics"]["output_tok_s"]["value"] > 0 and e["repeats"] >= 2
                                     for e in stored.values())
     gate = pytester.runpytest_subprocess(*common)
     gate.assert_outcomes(passed=2)
