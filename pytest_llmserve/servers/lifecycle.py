@@ -45,18 +45,21 @@ class ServerPool:
     progress: Callable[[str], None] = lambda message: None
     handles: dict[str, ServerHandle] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    failure_kinds: dict[str, type[ServerStartError]] = field(default_factory=dict)  # raised again as the same kind
     leftovers: dict[str, list[int]] = field(default_factory=dict)
     probed: dict[str, Capabilities] = field(default_factory=dict)  # kept after the servers stop (for reports)
 
     def get(self, target: Target) -> ServerHandle:
         """The running server for `target`, starting it on first use; a failed start is not retried."""
         if target.name in self.failures:
-            raise ServerStartError(self.failures[target.name])
+            # the same kind: a target this host cannot run still skips in every later test, not fails
+            raise self.failure_kinds.get(target.name, ServerStartError)(self.failures[target.name])
         if target.name not in self.handles:
             try:
                 self.handles[target.name] = handle = start_server(target, self.log_dir, self.progress)
             except ServerStartError as exc:
                 self.failures[target.name] = str(exc)
+                self.failure_kinds[target.name] = type(exc)
                 raise
             if handle.capabilities is not None:
                 self.probed[target.name] = handle.capabilities
