@@ -91,6 +91,7 @@ def merge_results(results: Sequence[RunResult]) -> RunResult:
     replies = [r.session_replies for r in results if r.session_replies is not None]
     return RunResult(spec=first.spec, records=records, summary=summary, client_check=check,
                      valid=all(r.valid for r in results), invalid_reasons=reasons,
+                     work=dict(first.work),  # every round ran the same fitted work (endpoint, prompts, matching)
                      session_replies=(sum(t for t, _ in replies), sum(s for _, s in replies)) if replies else None)
 
 

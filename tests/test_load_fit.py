@@ -95,3 +95,18 @@ def test_verified_work_is_checked_against_each_requests_own_length():
                                       dataclasses.replace(fitted.spec, extra_body={"x_truth": {"tokens": 2}})))
     assert not short.valid and "did not decode exactly the output_lens each asked for" in short.invalid_reasons[0]
     assert "of 5 tokens" in short.invalid_reasons[0]
+
+
+def test_merged_rounds_keep_the_work_statement_of_their_fitted_load():
+    # the SLO suite measures several rounds; the report's `work` (matched work, prompt form) must survive the merge
+    from pytest_llmserve.load import run_load
+    from pytest_llmserve.measure import merge_results
+    from pytest_llmserve.testing import Script, TruthServer
+
+    fitted = fit_load(LoadSpec(concurrency=1, requests=2, warmup=0, input_len=4, output_len=2),
+                      Capabilities(ignore_eos=False, min_tokens=False))
+    with TruthServer(Script(ttft_ms=1, itl_ms=1)) as server:
+        rounds = [fitted.check(run_load(server.url, "truth-model", fitted.spec)) for _ in range(2)]
+    merged = merge_results(rounds)
+    assert merged.work["matched_work"] == "verified" and merged.work == rounds[0].work
+    assert merged.summary.requests == 4
