@@ -181,7 +181,7 @@ def _load(a: argparse.Namespace) -> int:
         fitted = fit_load(spec, caps, explicit | ({"ignore_eos"} if a.no_ignore_eos else set()))
         options = ClientOptions(kernel_timestamps=not a.no_kernel_timestamps, uvloop=not a.no_uvloop,
                                 gc_freeze=not a.no_gc_freeze, http_parser=a.http_parser, workers=a.workers,
-                                headers=headers)
+                                headers=headers, warm_path=caps.warm_path)
         result = fitted.check(run_load(a.url, model, fitted.spec, options=options))
     except CapabilityError as exc:
         print(f"llmserve load: {exc}", file=sys.stderr)

@@ -250,10 +250,8 @@ def _run_client(server: ServerHandle, spec: LoadSpec, progress: LoadProgress | N
         endpoints = triton_endpoints(server.base_url)
         return run_triton_load(endpoints, spec, protocol=load_protocol(server.target)).to_run_result()
     options = client_options(server.target, spec)
-    caps = server.capabilities
-    if caps is not None and caps.models is None:  # GET /v1/models failed at the probe (transformers serve: 500s
-        # with a traceback each): warm on the readiness route, or any cheap path; a 404 warms a connection as well
-        options = dataclasses.replace(options, warm_path=caps.readiness if caps.readiness.startswith("/") else "/health")
+    if server.capabilities is not None:
+        options = dataclasses.replace(options, warm_path=server.capabilities.warm_path)
     return run_load(server.base_url, server.model, spec, options=options, progress=progress)
 
 

@@ -193,3 +193,11 @@ def test_prometheus_text_is_told_from_json_and_html(text, expected):
     from pytest_llmserve.servers.capabilities import is_prometheus_text
 
     assert is_prometheus_text(text) is expected
+
+
+def test_connections_warm_on_v1_models_unless_the_probe_found_it_broken():
+    from pytest_llmserve.servers.capabilities import Capabilities
+
+    assert Capabilities(models=("m",)).warm_path == "/v1/models"
+    assert Capabilities(models=None, readiness="/health").warm_path == "/health"
+    assert Capabilities(models=None, readiness="completion").warm_path == "/health"

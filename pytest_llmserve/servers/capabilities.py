@@ -66,6 +66,15 @@ class Capabilities:
         return "forced" if self.ignore_eos or self.min_tokens else "verified"
 
     @property
+    def warm_path(self) -> str:
+        """Where the load client warms each new connection: GET /v1/models, unless the probe found it broken
+        (transformers serve answers it with a 500 and a traceback): then the readiness route, or /health
+        (a 404 warms a connection as well)."""
+        if self.models is not None:
+            return "/v1/models"
+        return self.readiness if self.readiness.startswith("/") else "/health"
+
+    @property
     def endpoint(self) -> str:
         """The endpoint load goes to unless a test names one."""
         return "completions" if self.completions else "chat"
