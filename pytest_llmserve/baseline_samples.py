@@ -103,12 +103,22 @@ def shape_of(spec: LoadSpec) -> dict[str, Any]:
         v = getattr(spec, f.name)
         if f.name == "prompts" and v is not None:
             v = f"{len(v)} prompts, crc32 {zlib.crc32(repr(tuple(v)).encode()):08x}"
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            v = _summarised(v)
         elif isinstance(v, Mapping):
             v = json.loads(json.dumps(dict(v), sort_keys=True, default=str))
         elif isinstance(v, tuple):
             v = list(v)
         out[f.name] = v
     return out
+
+
+def _summarised(value: Any) -> str:
+    """A nested dataclass (e.g. multi-turn `Sessions`) as one line: its type, size and a checksum of its fields."""
+    fields = dataclasses.asdict(value)
+    sizes = [len(v) for v in fields.values() if isinstance(v, (tuple, list))]
+    size = f"{max(sizes)} items, " if sizes else ""
+    return f"{type(value).__name__}: {size}crc32 {zlib.crc32(repr(sorted(fields.items())).encode()):08x}"
 
 
 def shape_mismatch(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

@@ -17,6 +17,7 @@ from pytest_llmserve.baselines import BaselineError, BaselineStore
 from pytest_llmserve.checks.baseline_gate import Round, all_precise, compare_rounds
 from pytest_llmserve.config import ConfigError, parse_config
 from pytest_llmserve.load import LoadSpec
+from pytest_llmserve.load.workloads import PROFILES, workload
 
 
 def rounds(rng, k, n, scale=1.0, tau=0.03, tput=1000.0):
@@ -222,3 +223,18 @@ def test_target_gate_settings_overlay_the_project_metric_by_metric():
     gate = cfg.gate(cfg.targets[0])
     assert gate.margins == {"ttft_p95_ms": 0.3, "itl_p50_ms": 0.1, "output_tok_s": 0.1, "ttft_p50_ms": 0.2}
     assert (gate.inconclusive, gate.budget_s) == ("fail", 30.0) and gate.alpha_per_metric == pytest.approx(0.05 / 4)
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_every_workloads_shape_is_recorded_as_json_and_matches_itself_after_reading_back(tmp_path, profile):
+    # found on the H200: a multi-turn baseline failed to record ("Sessions is not JSON serializable")
+    spec = workload(profile, max_model_len=2048, requests=16, warmup=0).spec
+    store = _record(tmp_path, spec)
+    entry = json.loads((tmp_path / "hw" / "t.json").read_text())["entries"]["s::x"]
+    check_shape(entry, spec, tmp_path / "hw" / "t.json", "s::x")
+    if profile == "multi-turn":
+        assert entry["shape"]["sessions"].startswith("Sessions: 16 items, crc32 ")
+        other = workload(profile, max_model_len=2048, requests=16, warmup=0, seed=1).spec
+        with pytest.raises(BaselineError, match="sessions: "):
+            check_shape(entry, other, tmp_path / "hw" / "t.json", "s::x")
+    assert store.changes[-1].test_id == "s::x"
