@@ -123,11 +123,14 @@ def test_cpu_vllm_on_the_tiny_model_is_equivalent_to_the_hf_reference(tiny_vllm,
     assert cal is not None and cal.gated and cal.passed and cal.calibration_label.startswith("HF bfloat16")
     assert report.precision_lines[0] == "compute bfloat16 (from vllm-log)"
     assert report.tolerance.calibrated_units is not None and report.min_exact_match_rate is None
-    # The cached second pass does no HF forward pass and gives the same verdicts.
+    # The cached second pass does no HF forward pass, reads back the same reference, and passes again.
+    # (Not "the same verdicts": the CPU vLLM's bf16 numerics depend on how requests were batched, so
+    # which near-tie positions flip varies between passes; a clean-clone CI run saw one move.)
     again = _run(tiny_vllm, reference_cache)
     assert again.reference.from_cache and again.reference.forward_passes == 0
+    assert again.reference.continuations == run.reference.continuations
     assert again.calibration is not None and again.calibration.from_cache
-    assert [r.verdict for r in again.report.results] == [r.verdict for r in report.results]
+    assert again.report.passed and again.report.hard_mismatches == 0, again.render()
 
 
 @needs_tiny
