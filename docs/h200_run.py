@@ -252,25 +252,33 @@ workloads = {{ profiles = ["chat", "rag", "batch", "multi-turn"], requests = 16,
 
 
 def run_slo(model_dir: Path, out: Path, a: argparse.Namespace) -> int:
-    """transformers serve (graphs on), a bare openai target, pytest -m slo --update-baselines, then the gate."""
+    """transformers serve (graphs on), a bare openai target: the baseline recorded over `--starts` pytest runs
+    (--update-baselines, then --llmserve-add-start), then the gate in a run of its own."""
     out.mkdir(parents=True, exist_ok=True)
     server = Server(model_dir, a.port, graphs=True, device=a.device, memory=a.memory, log_path=out / f"serve-{a.marker}.log")
     codes = []
     try:
         log(f"{server.url} healthy after {server.wait_ready(a.startup_timeout):.1f} s")
-        config = out / "llmserve.toml"
-        config.write_text(SLO_TOML.format(baselines=out / "baselines", url=server.url, model=model_dir,
-                                          levels=", ".join(a.slo_levels.split(",")), budget=a.budget_s,
-                                          repeats=a.repeats, e2e_limit=5000 if a.marker == "slo" else 60000))
+        configs = {}
+        for step, budget in (("record", a.record_budget_s), ("gate", a.budget_s)):
+            configs[step] = out / f"llmserve-{step}.toml"
+            configs[step].write_text(SLO_TOML.format(baselines=out / "baselines", url=server.url, model=model_dir,
+                                                     levels=", ".join(a.slo_levels.split(",")), budget=budget,
+                                                     repeats=a.repeats, e2e_limit=5000 if a.marker == "slo" else 60000))
         from importlib.metadata import entry_points
 
         # not pip-installed (the device runs from the copied tree): load the plugin by name
         load = [] if any(e.name == "llmserve" for e in entry_points(group="pytest11")) else ["-p", "pytest_llmserve.plugin"]
         base = [sys.executable, "-m", "pytest", *load, "-p", "no:cacheprovider", "-m", a.marker,
-                str(ROOT / "suites"), "--llmserve-config", str(config), "-rA", "-q",
+                str(ROOT / "suites"), "-rA", "-q",
                 "--llmserve-baselines-dir", str(out / "baselines")]  # the repo's ini must not send them elsewhere
-        for step, extra in (("update", ["--update-baselines"]), ("gate", [])):
-            extra += ["--llmserve-report-md", str(out / f"{a.marker}-{step}.md"),
+        # the baseline over `--starts` separate pytest runs (the first replaces, the others add a start), so the
+        # gate's noise model holds the spread between runs; then the gate, a run of its own
+        steps = [("update", ["--update-baselines"])] + [(f"add-start-{k + 1}", ["--llmserve-add-start"])
+                                                        for k in range(1, a.starts)] + [("gate", [])]
+        for step, extra in steps:
+            extra += ["--llmserve-config", str(configs["gate" if step == "gate" else "record"]),
+                      "--llmserve-report-md", str(out / f"{a.marker}-{step}.md"),
                       "--llmserve-report-json", str(out / f"{a.marker}-{step}.json")]
             log("$ " + " ".join(base + extra))
             t0 = time.monotonic()
@@ -333,7 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sl.add_argument("--out", required=True)
     sl.add_argument("--slo-levels", default="1,16", help="the target's concurrency list for suites/test_slo.py")
     sl.add_argument("--budget-s", type=float, default=70.0, help="baseline_gate.budget_s: seconds per test and step")
-    sl.add_argument("--repeats", type=int, default=5, help="baseline_gate.repeats: rounds --update-baselines records")
+    sl.add_argument("--repeats", type=int, default=5, help="baseline_gate.repeats: rounds each recording run records")
+    sl.add_argument("--starts", type=int, default=3, help="separate recording runs (pytest starts) of the baseline")
+    sl.add_argument("--record-budget-s", type=float, default=1.0,
+                    help="baseline_gate.budget_s while recording (1: exactly --repeats rounds per run)")
     sl.add_argument("--marker", default="slo", choices=("slo", "workload"),
                     help="which ready-made suite: slo (test_slo.py) or workload (test_workloads.py, the profiles that fit)")
     for q in (m, c, s, al, sl):

@@ -44,12 +44,13 @@ def round_of(result: RunResult) -> Round:
 
 
 def round_to_dict(rnd: Round, metrics: Sequence[str]) -> dict[str, Any]:
-    return {"samples": {k: [_sig(x) for x in rnd.samples[k]] for k in SAMPLE_FAMILIES if k in rnd.samples},
-            "values": {m: _sig(rnd.values[m]) for m in metrics if m in rnd.values}}
+    out = {"samples": {k: [_sig(x) for x in rnd.samples[k]] for k in SAMPLE_FAMILIES if k in rnd.samples},
+           "values": {m: _sig(rnd.values[m]) for m in metrics if m in rnd.values}}
+    return out | ({"start": rnd.start} if rnd.start else {})  # absent for the first start: older files read alike
 
 
 def round_from_dict(raw: Mapping[str, Any]) -> Round:
-    return Round.of(raw.get("samples", {}), raw.get("values", {}))
+    return Round.of(raw.get("samples", {}), raw.get("values", {}), int(raw.get("start", 0)))
 
 
 def _corrupt(path: Path, why: str) -> Exception:
@@ -84,6 +85,9 @@ def _valid_round(r: Any) -> bool:
     if not isinstance(r, dict) or not isinstance(r.get("samples", {}), dict) or not isinstance(r.get("values", {}), dict):
         return False
     nums = [x for v in r.get("samples", {}).values() for x in (v if isinstance(v, list) else [None])]
+    start = r.get("start", 0)
+    if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+        return False
     nums += list(r.get("values", {}).values())
     return all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in nums)
 
@@ -160,5 +164,9 @@ def summary_entry(shape: Mapping[str, Any], rounds: Sequence[Round], checks: Seq
                              "ci95": [_sig(lo), _sig(hi)] if math.isfinite(lo) and math.isfinite(hi) else None,
                              "n": c.requests[0], "rounds": c.rounds[0],
                              "run_to_run": round(c.run_to_run, 4) if math.isfinite(c.run_to_run) else None}
+    starts = len({r.start for r in rounds})
+    for c in checks:
+        if starts >= 2 and math.isfinite(c.start_to_start):
+            metrics[c.metric]["start_to_start"] = round(c.start_to_start, 4)
     return {"shape": dict(shape), "repeats": len(rounds), "requests": sum(r.requests for r in rounds),
-            "metrics": dict(sorted(metrics.items()))}
+            "metrics": dict(sorted(metrics.items()))} | ({"server_starts": starts} if starts >= 2 else {})

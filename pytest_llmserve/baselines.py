@@ -95,6 +95,7 @@ class BaselineStore:
     root: Path
     hardware: str
     update: bool = False
+    add_start: bool = False  # with update: add this run's rounds to a statistical entry as one more server start
     used: set[tuple[str, str]] = field(default_factory=set)
     changes: list[BaselineChange] = field(default_factory=list)
 

@@ -150,7 +150,8 @@ class Planner:
             hopeless = [c.metric for c in checks if not c.precise and c.requests_needed is None]
             if hopeless and len(rounds) >= 4:  # a few rounds first: τ from two rounds is itself noise
                 m.stopped = (f"no number of requests makes {', '.join(hopeless)} precise enough: the baseline's own "
-                             "uncertainty (run-to-run spread over its repeats) is too large for the margin")
+                             "uncertainty (run-to-run spread over its repeats, or the spread between its server starts) is too large "
+                             "for the margin")
                 return False
         if elapsed + per_round > self.gate.budget_s:
             m.stopped = f"time budget {self.gate.budget_s:g} s spent"

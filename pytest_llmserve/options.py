@@ -49,6 +49,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("--llmserve-repeats", "llmserve_repeats", "rounds recorded per test by --update-baselines (default 5; run-to-run spread needs >= 2)", kind="int", minimum=1),
     OptionSpec("--llmserve-retries", "llmserve_retries", "re-measure a round the client marks invalid (or with connection errors) up to N times (default 2)", kind="int", minimum=0),
     OptionSpec("--update-baselines", "llmserve_update_baselines", "record measured values as the new baselines (tests pass)", kind="bool", env_var="LLMSERVE_UPDATE_BASELINES"),
+    OptionSpec("--llmserve-add-start", "llmserve_add_start", "record this run as one more server start of the stored baselines: its rounds join the stored ones (same request shape), so the gate's noise model includes start-to-start spread (implies --update-baselines)", kind="bool"),
 )
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")

@@ -150,6 +150,8 @@ class LoadOutcome:
         gate = self.session.gate_settings(self.target)
         rounds = [round_of(r) for r in self.measurement.results] if self.measurement else [round_of(self.result)]
         if store.update:
+            if store.add_start:
+                rounds = self._with_stored_starts(rounds, notes)
             checks = gate_checks(rounds, rounds, gate)
             entry = summary_entry(shape_of(self.result.spec), rounds, checks) | server_incumbent.server_field(metrics)
             store.record_entry(name, self.baseline_id, entry, [round_to_dict(r, BASELINE_METRICS) for r in rounds])
@@ -174,7 +176,25 @@ class LoadOutcome:
                                         tolerances.get(c.metric) or default_tolerance(c.metric), verdict, gate=c))
             if c.gated and c.verdict != "pass":
                 notes.append(f"{c.metric}: {c.verdict}: {c.check.reason}")
+        if any(c.gate is not None and c.gate.gated and c.gate.starts < 2 and c.verdict in ("regression", "improvement")
+               for c in out):
+            notes.append("the baseline was recorded in one server start, so a shift between server starts is not in "
+                         "its noise model: add starts (--llmserve-add-start, one run each) before trusting a small "
+                         "change")
         return out
+
+    def _with_stored_starts(self, rounds: list[Any], notes: list[str]) -> list[Any]:
+        """--llmserve-add-start: the stored rounds plus this run's, labelled as the next server start."""
+        store, name = self.session.store, self.target.name
+        entry = store.lookup_entry(name, self.baseline_id)
+        if entry is None or not is_statistical(entry):
+            notes.append("no statistical baseline to add a server start to: recorded as its first start")
+            return rounds
+        check_shape(entry, self.result.spec, store.path_for(name), self.baseline_id)
+        stored = baseline_rounds(store, name, self.baseline_id)
+        start = max(r.start for r in stored) + 1
+        notes.append(f"added as server start {start + 1} ({len(rounds)} rounds) to the {len(stored)} stored rounds")
+        return stored + [dataclasses.replace(r, start=start) for r in rounds]
 
     def assert_slo(self, **limits: Any) -> SloReport:
         """Fail the test with the verdict table when a limit, the baseline or run validity says so."""

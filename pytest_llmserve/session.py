@@ -76,6 +76,7 @@ class LlmserveSession:
         # absolute now: a test may change the working directory before a server starts or reports are written
         log_path = Path(log_dir).resolve() if log_dir else Path(tempfile.gettempdir()) / f"llmserve-logs-{os.getpid()}"
         json_path, md_path = (options.resolve(pconfig, k) for k in ("llmserve_report_json", "llmserve_report_md"))
+        add_start = bool(options.resolve(pconfig, "llmserve_add_start"))
         return cls(
             config=cfg,
             selected=selected,
@@ -83,7 +84,8 @@ class LlmserveSession:
             store=BaselineStore(
                 root=(base_dir / baselines).resolve(),
                 hardware=hardware.label,
-                update=bool(options.resolve(pconfig, "llmserve_update_baselines")),
+                update=bool(options.resolve(pconfig, "llmserve_update_baselines")) or add_start,
+                add_start=add_start,
             ),
             pool=ServerPool(log_dir=log_path, progress=progress),
             requests_override=options.resolve(pconfig, "llmserve_requests"),

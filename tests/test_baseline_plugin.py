@@ -188,3 +188,45 @@ def test_bad_counts_are_one_usage_error(pytester, args):
     result = pytester.runpytest(*ARGS, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert f"{args[1]!r} is not an integer >= " in result.stderr.str()
+
+
+@pytest.mark.parametrize("how", ["flag", "env", "ini"])
+def test_add_start_option_adds_a_runs_rounds_as_the_next_server_start(pytester, truth_url, monkeypatch, how):
+    _project(pytester, truth_url, SEQUENTIAL)
+    pytester.runpytest(*ARGS, "--update-baselines", "--llmserve-repeats", "2").assert_outcomes(passed=1)
+    first = _stored(pytester)[0]["entries"][ENTRY]["repeats"]
+    if how == "env":
+        monkeypatch.setenv("LLMSERVE_ADD_START", "yes")
+    elif how == "ini":
+        pytester.makeini("[pytest]\nllmserve_add_start = true\n")
+    extra = ("--llmserve-add-start",) if how == "flag" else ()
+    added = pytester.runpytest(*ARGS, "--llmserve-repeats", "2", "-v", *extra)
+    added.assert_outcomes(passed=1)
+    assert "baselines updated (old -> new):" in added.stdout.str()
+    data, side = _stored(pytester)
+    entry = data["entries"][ENTRY]
+    starts = [r.get("start", 0) for r in json.loads(gzip.decompress(side.read_bytes()))["entries"][ENTRY]]
+    assert entry["server_starts"] == 2 and entry["repeats"] == len(starts) > first
+    assert starts == [0] * first + [1] * (len(starts) - first)
+    assert "start_to_start" in entry["metrics"]["itl_p50_ms"]
+
+    monkeypatch.delenv("LLMSERVE_ADD_START", raising=False)
+    (pytester.path / "tox.ini").unlink(missing_ok=True)  # where makeini wrote it
+    gated = pytester.runpytest(*ARGS, "--llmserve-report-json", "r.json")
+    gated.assert_outcomes(passed=1)
+    rows = json.loads((pytester.path / "r.json").read_text())["results"][0]["baseline_gate"]
+    assert rows and {r["starts"] for r in rows} == {2}, gated.stdout.str()
+
+
+def test_add_start_refuses_another_request_shape_and_records_a_first_start_when_nothing_is_stored(pytester, truth_url):
+    _project(pytester, truth_url, SEQUENTIAL)
+    fresh = pytester.runpytest(*ARGS, "--llmserve-add-start", "--llmserve-repeats", "1", "-v")
+    fresh.assert_outcomes(passed=1)
+    assert "no statistical baseline to add a server start to: recorded as its first start" in fresh.stdout.str()
+    assert "server_starts" not in _stored(pytester)[0]["entries"][ENTRY]
+    before = _stored(pytester)[0]
+    _project(pytester, truth_url, SEQUENTIAL, out=4)
+    other = pytester.runpytest(*ARGS, "--llmserve-add-start", "--llmserve-repeats", "1")
+    other.assert_outcomes(failed=1)
+    assert "recorded with another request shape" in other.stdout.str()
+    assert _stored(pytester)[0] == before  # nothing added

@@ -42,6 +42,7 @@ def route_values(route: str) -> dict[str, object]:
 COVERED_ELSEWHERE: dict[str, str] = {  # flag -> the test that proves it takes effect from each route
     "--llmserve-repeats": "tests/test_baseline_plugin.py::test_repeats_option_sets_the_rounds_recorded",
     "--llmserve-retries": "tests/test_baseline_plugin.py::test_retries_option_sets_how_often_an_invalid_round_is_measured_again",
+    "--llmserve-add-start": "tests/test_baseline_plugin.py::test_add_start_option_adds_a_runs_rounds_as_the_next_server_start",
 }
 
 STANDIN = r"""

@@ -8,7 +8,11 @@ the run: as many as the sequential measurement needed). Two estimators:
   per-round statistic left after its own bootstrap noise, pooled over both sides' rounds and inflated by
   (t/z)² for its few degrees of freedom;
 * per-run values (pooled ITL percentiles, throughput): the mean over rounds, with a pooled-variance t
-  interval, so the spread between rounds is the whole noise model.
+  interval, so the spread between rounds is the whole noise model;
+* server starts: a baseline recorded over several starts (`--llmserve-add-start`) labels each round with
+  its start. Round-to-round spread is then taken within starts, and the spread between starts left after
+  it, σ_s², is added in full to the run (one start of its own) and as Σm²/(Σm)²·σ_s² to the baseline,
+  inflated by (t/z)² for its K−1 degrees of freedom. With one start σ_s² is unknown and left out (README).
 
 The verdict is checks/promotion.py's (`decide`): regression when the worsening is significant at
 α/k (k gated metrics, so a test false-alarms at most α) and not ruled below the margin. The sequential
@@ -41,17 +45,18 @@ class Round:
 
     samples: Mapping[str, np.ndarray]
     values: Mapping[str, float]
+    start: int = 0  # which server start measured it (0 unless the baseline was recorded over several)
 
     @property
     def requests(self) -> int:
         return max((len(v) for v in self.samples.values()), default=0)
 
     @classmethod
-    def of(cls, samples: Mapping[str, Sequence[float]], values: Mapping[str, float]) -> Round:
+    def of(cls, samples: Mapping[str, Sequence[float]], values: Mapping[str, float], start: int = 0) -> Round:
         """A round with NaN/inf samples and values dropped (a request that could not measure a family)."""
         arrays = {k: np.asarray(v, dtype=float) for k, v in samples.items()}
         return cls({k: a[np.isfinite(a)] for k, a in arrays.items()},
-                   {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))})
+                   {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}, start)
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class GateCheck:
     requests: tuple[int, int]  # baseline, candidate
     requests_needed: int | None  # candidate requests a decision needs (None: no number suffices)
     precise: bool  # the interval is narrow enough for the margin at the configured power
+    starts: int = 1  # server starts the baseline's rounds came from
+    start_to_start: float = math.nan  # relative SD between server starts beyond round-to-round (NaN: one start)
 
     @property
     def metric(self) -> str:
@@ -91,7 +98,8 @@ class GateCheck:
                 "confidence": c.change.confidence, "margin": c.margin, "alpha": c.alpha,
                 "min_detectable": c.min_detectable, "run_to_run": self.run_to_run,
                 "rounds": list(self.rounds), "requests": list(self.requests),
-                "requests_needed": self.requests_needed, "precise": self.precise}
+                "requests_needed": self.requests_needed, "precise": self.precise, "starts": self.starts,
+                "start_to_start": self.start_to_start}
 
 
 @lru_cache(maxsize=256)
@@ -116,16 +124,17 @@ class _Side:
 def _sample_sides(family: str, q: float, base: Sequence[Round], cand: Sequence[Round], a: float,
                   rng: np.random.Generator) -> tuple[_Side, _Side, float, int]:
     """(baseline, candidate, τ², df of τ²) for a pooled percentile of per-request samples."""
-    b_rounds = [r.samples[family] for r in base if r.samples.get(family) is not None and r.samples[family].size]
-    c_rounds = [r.samples[family] for r in cand if r.samples.get(family) is not None and r.samples[family].size]
+    b_used = [r for r in base if r.samples.get(family) is not None and r.samples[family].size]
+    c_used = [r for r in cand if r.samples.get(family) is not None and r.samples[family].size]
+    b_rounds, c_rounds = [r.samples[family] for r in b_used], [r.samples[family] for r in c_used]
     b_all, c_all = np.concatenate(b_rounds), np.concatenate(c_rounds)
     ss, df, within = 0.0, 0, []
-    for rounds in (b_rounds, c_rounds):
-        if len(rounds) >= 2:
-            vals = np.array([percentile(x, q) for x in rounds])
+    for group in _by_start(b_used) + _by_start(c_used):  # round-to-round spread within each server start
+        if len(group) >= 2:
+            vals = np.array([percentile(r.samples[family], q) for r in group])
             ss += float(np.sum((vals - vals.mean()) ** 2))
-            df += len(rounds) - 1
-            within += [_boot_var(x, q, rng) for x in rounds]
+            df += len(group) - 1
+            within += [_boot_var(r.samples[family], q, rng) for r in group]
     tau2 = math.nan
     if df >= 1:
         w = np.nanmean(within) if within and not all(math.isnan(x) for x in within) else 0.0
@@ -140,13 +149,49 @@ def _run_sides(metric: str, base: Sequence[Round], cand: Sequence[Round], a: flo
     """(baseline, candidate, between-round variance, df) for a per-round value (mean over rounds)."""
     b = np.array([r.values[metric] for r in base if metric in r.values])
     c = np.array([r.values[metric] for r in cand if metric in r.values])
-    ss = float(np.sum((b - b.mean()) ** 2) + (np.sum((c - c.mean()) ** 2) if c.size else 0.0))
-    df = b.size + c.size - 2
+    groups = _by_start([r for r in base if metric in r.values]) + _by_start([r for r in cand if metric in r.values])
+    ss = sum(float(np.sum((v - v.mean()) ** 2)) for g in groups for v in [np.array([r.values[metric] for r in g])])
+    df = sum(len(g) - 1 for g in groups)
+    if df < 1 and len(_by_start(base)) >= 2:  # one round per start: the spread of the starts carries all of it
+        return (_Side(float(b.mean()), 0.0, sum(r.requests for r in base), b.size),
+                _Side(float(c.mean()), 0.0, sum(r.requests for r in cand), c.size), math.nan, 0)
     raw = ss / df if df >= 1 else math.nan
     s2 = raw * (_t(1 - a, df) / normal_quantile(1 - a)) ** 2 if df >= 1 else math.nan
     nb, nc = sum(r.requests for r in base), sum(r.requests for r in cand)
     return (_Side(float(b.mean()), s2 / b.size, nb, b.size), _Side(float(c.mean()), s2 / max(1, c.size), nc, c.size),
             raw, df)
+
+
+def _by_start(rounds: Sequence[Round]) -> list[list[Round]]:
+    groups: dict[int, list[Round]] = {}
+    for r in rounds:
+        groups.setdefault(r.start, []).append(r)
+    return [groups[k] for k in sorted(groups)]
+
+
+@dataclass(frozen=True)
+class StartSpread:
+    """Between-start variance of a metric's per-round value in the baseline, beyond its within-start spread."""
+
+    var: float  # σ_s² (absolute units of the metric); NaN with one start
+    starts: int
+    df: int  # K − 1
+    weight: float  # Σm²/(Σm)²: the share of σ_s² left in the baseline's pooled value
+
+
+def start_spread(metric: str, baseline: Sequence[Round]) -> StartSpread:
+    """σ_s² = max(0, var(start means) − s_w²·mean(1/m)); with no within-start replicate, all of var(start means)."""
+    groups = [[r.values[metric] for r in g if metric in r.values] for g in _by_start(baseline)]
+    groups = [g for g in groups if g]
+    k = len(groups)
+    if k < 2:
+        return StartSpread(math.nan, k, 0, 1.0)
+    means = np.array([np.mean(g) for g in groups])
+    sizes = np.array([len(g) for g in groups], dtype=float)
+    df_w = int(sum(len(g) - 1 for g in groups))
+    s_w2 = sum(float(np.sum((np.array(g) - np.mean(g)) ** 2)) for g in groups) / df_w if df_w else 0.0
+    var = max(0.0, float(np.var(means, ddof=1)) - s_w2 * float(np.mean(1.0 / sizes)))
+    return StartSpread(var, k, k - 1, float(np.sum(sizes**2) / np.sum(sizes) ** 2))
 
 
 def compare_rounds(
@@ -182,9 +227,14 @@ def compare_rounds(
         min_samples = 1
     if not (sb.value > 0 and sc.value > 0):
         return None
+    spread = start_spread(metric, baseline)
+    start_var = 0.0  # σ_s² inflated for its few degrees of freedom; the run's start carries all of it
+    if spread.starts >= 2:
+        start_var = spread.var * (_t(1 - alpha, spread.df) / normal_quantile(1 - alpha)) ** 2
     ratio = sc.value / sb.value
-    rel_b, rel_c = sb.var / sb.value**2, sc.var / sc.value**2
-    se = ratio * math.sqrt(rel_b + rel_c) if math.isfinite(rel_b + rel_c) else math.nan
+    rel_b = (sb.var + spread.weight * start_var) / sb.value**2
+    rel_c, rel_start = sc.var / sc.value**2, start_var / sb.value**2  # more requests shrink rel_c only
+    se = ratio * math.sqrt(rel_b + rel_c + rel_start) if math.isfinite(rel_b + rel_c) else math.nan
     z_a, z_b = normal_quantile(1 - alpha), normal_quantile(1 - beta)
     half = z_a * se
     change = Interval(ratio - 1.0, ratio - 1.0 - half, ratio - 1.0 + half, 1 - 2 * alpha, se)
@@ -194,13 +244,18 @@ def compare_rounds(
     target_var = (margin / (z_a + z_b)) ** 2
     precise = math.isfinite(se) and (z_a + z_b) * se <= margin and min(sc.n, sb.n) >= min_samples
     needed: int | None = None
-    if math.isfinite(se) and ratio**2 * rel_b < target_var:
-        needed = max(min_samples, math.ceil(sc.n * ratio**2 * rel_c / (target_var - ratio**2 * rel_b)))
+    fixed = ratio**2 * (rel_b + rel_start)  # what more candidate requests cannot shrink
+    if math.isfinite(se) and fixed < target_var:
+        needed = max(min_samples, math.ceil(sc.n * ratio**2 * rel_c / (target_var - fixed)))
     if check.verdict == "inconclusive":
         if sb.n < min_samples:  # a tail percentile of few baseline requests: its sample size, not its spread
             per_round = max(1, sb.n // max(1, sb.rounds))
             why = (f"the baseline holds {sb.n} requests, fewer than the {min_samples} a {statistic} needs: re-record "
                    f"with --llmserve-repeats {math.ceil(min_samples / per_round)} (or larger rounds), or gate a median")
+        elif needed is None and spread.starts >= 2 and ratio**2 * rel_start >= target_var / 4:
+            why = (f"the spread between the baseline's {spread.starts} server starts "
+                   f"({math.sqrt(spread.var) / sb.value:.1%}, {spread.df} df) leaves no room: add starts with "
+                   "--llmserve-add-start or widen the margin")
         elif needed is None:
             why = ("the baseline's own uncertainty leaves no room: re-record with more repeats "
                    "(--llmserve-repeats) or widen the margin" if math.isfinite(se) else
@@ -209,11 +264,15 @@ def compare_rounds(
             why = f"about {max(0, needed - sc.n)} more requests ({needed} in all) would decide"
         check = dataclasses.replace(check, reason=f"{check.reason.split('; collect')[0]}; {why}",
                                     samples_needed=needed if needed is not None else -1)
-    spread = math.sqrt(spread_var) / sb.value if math.isfinite(spread_var) else math.nan
+    run_spread = math.sqrt(spread_var) / sb.value if math.isfinite(spread_var) else math.nan
     z95 = 1.959964
     ci = (lambda s: (s.value - z95 * math.sqrt(s.var), s.value + z95 * math.sqrt(s.var))  # noqa: E731
           if math.isfinite(s.var) else (math.nan, math.nan))
-    return GateCheck(check, gated, ci(sb), ci(sc), spread, (sb.rounds, sc.rounds), (sb.n, sc.n), needed, precise)
+    between = math.sqrt(spread.var) / sb.value if spread.starts >= 2 else math.nan
+    sb = dataclasses.replace(sb, var=sb.var + spread.weight * start_var)
+    sc = dataclasses.replace(sc, var=sc.var + start_var)
+    return GateCheck(check, gated, ci(sb), ci(sc), run_spread, (sb.rounds, sc.rounds), (sb.n, sc.n), needed, precise,
+                     spread.starts, between)
 
 
 def all_precise(checks: Sequence[GateCheck]) -> bool:

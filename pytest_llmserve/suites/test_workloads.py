@@ -2,7 +2,9 @@
 selected target, against the target's `slo` limits and a stored baseline per profile.
 
 Which profiles run, and their request count / concurrency, come from the target's `workloads` table
-(default: all five at each profile's own shape); lengths are scaled to the server's max_model_len.
+(default: all five at each profile's own shape); lengths are scaled to the server's max_model_len. The
+profile's request count is a round: against a statistical baseline the suite measures rounds until every
+gated metric is decided or the target's `baseline_gate` budget is spent, as the slo suite does.
 """
 
 from __future__ import annotations
@@ -18,4 +20,4 @@ def test_workload_meets_slo(llm_load, llm_target, profile):
     wanted = llm_target.workloads.get("profiles", list(PROFILES))
     if profile not in wanted:
         pytest.skip(f"target {llm_target.name}: workloads.profiles = {wanted} leaves out {profile!r}")
-    llm_load(workload=profile).assert_slo()
+    llm_load.until_decided(workload=profile).assert_slo()
