@@ -15,6 +15,7 @@ from .checks import server_incumbent, server_slo
 from .checks.slo import BASELINE_METRICS, SloEvaluation, SloReport, validate_limits
 from .checks.optimisations import OptimisationsReport
 from .config import Target
+from .hardware.host import host_difference, host_fingerprint
 from .load import RunResult
 from .measure import Measurement, baseline_rounds, gate_checks
 from .server_metrics import MetricsSummary
@@ -153,7 +154,8 @@ class LoadOutcome:
             if store.add_start:
                 rounds = self._with_stored_starts(rounds, notes)
             checks = gate_checks(rounds, rounds, gate)
-            entry = summary_entry(shape_of(self.result.spec), rounds, checks) | server_incumbent.server_field(metrics)
+            entry = (summary_entry(shape_of(self.result.spec), rounds, checks) | server_incumbent.server_field(metrics)
+                     | {"host": host_fingerprint()})
             store.record_entry(name, self.baseline_id, entry, [round_to_dict(r, BASELINE_METRICS) for r in rounds])
             return [MetricComparison(c.metric, c.check.candidate_value, None,
                                      tolerances.get(c.metric) or default_tolerance(c.metric), "recorded")
@@ -170,7 +172,17 @@ class LoadOutcome:
         stored = (self.measurement.baseline_rounds if self.measurement and self.measurement.baseline_rounds
                   else baseline_rounds(store, name, self.baseline_id))
         out = []
+        other_host = host_difference(entry.get("host"), host_fingerprint())
+        if other_host is not None:
+            notes.append(f"{other_host}: no verdict across hosts (every gated row is inconclusive); record a "
+                         "baseline on this host with --update-baselines")
+        elif "host" not in entry:
+            notes.append("the baseline does not say which CPU recorded it (recorded before hosts were kept): "
+                         "re-record it to have another host's run refused a verdict")
         for c in gate_checks(stored, rounds, gate):
+            if other_host is not None and c.gated:
+                c = dataclasses.replace(c, check=dataclasses.replace(
+                    c.check, verdict="inconclusive", reason=f"{other_host}; the change is shown, not judged"))
             verdict = {"pass": "ok"}.get(c.verdict, c.verdict) if c.gated else f"({c.verdict})"
             out.append(MetricComparison(c.metric, c.check.candidate_value, c.check.incumbent_value,
                                         tolerances.get(c.metric) or default_tolerance(c.metric), verdict, gate=c))
@@ -191,6 +203,10 @@ class LoadOutcome:
             notes.append("no statistical baseline to add a server start to: recorded as its first start")
             return rounds
         check_shape(entry, self.result.spec, store.path_for(name), self.baseline_id)
+        other_host = host_difference(entry.get("host"), host_fingerprint())
+        if other_host is not None:
+            raise BaselineError(f"{self.baseline_id}: {other_host}; a start from another host is not added (record "
+                                "a fresh baseline here with --update-baselines)")
         stored = baseline_rounds(store, name, self.baseline_id)
         start = max(r.start for r in stored) + 1
         notes.append(f"added as server start {start + 1} ({len(rounds)} rounds) to the {len(stored)} stored rounds")

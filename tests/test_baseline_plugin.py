@@ -230,3 +230,44 @@ def test_add_start_refuses_another_request_shape_and_records_a_first_start_when_
     other.assert_outcomes(failed=1)
     assert "recorded with another request shape" in other.stdout.str()
     assert _stored(pytester)[0] == before  # nothing added
+
+
+def _stored_host(pytester, host):
+    path = pytester.path / "baselines" / "cpu-2c" / "truth.json"
+    data = json.loads(path.read_text())
+    data["entries"][ENTRY]["host"] = host
+    path.write_text(json.dumps(data))
+
+
+def test_a_baseline_from_another_cpu_gives_no_verdict_and_takes_no_added_start(pytester, truth_url):
+    from pytest_llmserve.hardware.host import host_fingerprint
+
+    _project(pytester, truth_url, SEQUENTIAL)
+    pytester.runpytest(*ARGS, "--update-baselines", "--llmserve-repeats", "2").assert_outcomes(passed=1)
+    assert _stored(pytester)[0]["entries"][ENTRY]["host"] == host_fingerprint()
+    _stored_host(pytester, {"cpu": "AMD EPYC 9R14", "isa": ["avx2"]})
+    with TruthServer(Script(ttft_ms=40, itl_ms=60)) as slow:  # a regression this host would flag
+        _project(pytester, slow.url, SEQUENTIAL)
+        result = pytester.runpytest(*ARGS, "-v", "--llmserve-report-json", "r.json")
+    result.assert_outcomes(passed=1)  # inconclusive = "warn" (the default)
+    out = result.stdout.str()
+    assert "the baseline was recorded on AMD EPYC 9R14 (avx2), this host is" in out and "no verdict across hosts" in out
+    rows = json.loads((pytester.path / "r.json").read_text())["results"][0]["baseline_gate"]
+    assert {r["verdict"] for r in rows if r["gated"]} == {"inconclusive"}
+
+    _project(pytester, truth_url, SEQUENTIAL)
+    added = pytester.runpytest(*ARGS, "--llmserve-add-start", "--llmserve-repeats", "1")
+    added.assert_outcomes(failed=1)
+    assert "a start from another host is not added" in added.stdout.str()
+
+
+def test_a_baseline_that_does_not_name_its_host_is_gated_with_a_note(pytester, truth_url):
+    _project(pytester, truth_url, SEQUENTIAL)
+    pytester.runpytest(*ARGS, "--update-baselines", "--llmserve-repeats", "2").assert_outcomes(passed=1)
+    path = pytester.path / "baselines" / "cpu-2c" / "truth.json"
+    data = json.loads(path.read_text())
+    del data["entries"][ENTRY]["host"]
+    path.write_text(json.dumps(data))
+    result = pytester.runpytest(*ARGS, "-v")
+    result.assert_outcomes(passed=1)
+    assert "the baseline does not say which CPU recorded it" in result.stdout.str()
