@@ -58,8 +58,12 @@ def _wait_for(path: Path, proc: subprocess.Popen[str], timeout_s: float = 120) -
         time.sleep(0.05)
 
 
-def _finish(proc: subprocess.Popen[str], root: Path, timeout_s: float = 60) -> str:
-    """Wait for pytest to end (a hang fails the test, after killing it); return its output."""
+def _finish(proc: subprocess.Popen[str], root: Path, timeout_s: float = 240) -> str:
+    """Wait for pytest to end (a hang fails the test, after killing it); return its output.
+
+    Called right after the signal, so the limit runs from it. It only separates "ended" from "hung": the
+    interrupted runs would take far longer (LONG_LOAD: about 25 minutes), and a loaded 2-core CI machine
+    can take tens of seconds to stop a server tree, so the limit is generous, not a speed assertion."""
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -79,7 +83,7 @@ from pathlib import Path
 
 def test_long_load(llm_load):
     Path("loading").touch()
-    llm_load(concurrency=2, requests=20000, warmup=0, input_len=8, output_len=16).assert_slo()
+    llm_load(concurrency=2, requests=100000, warmup=0, input_len=8, output_len=16).assert_slo()
 """
 
 
@@ -93,7 +97,7 @@ def test_sigint_during_a_load_run_ends_promptly_stops_the_server_and_writes_no_b
     before = baseline.read_bytes()
     proc = _spawn_pytest(tmp_path, "--update-baselines")
     _wait_for(tmp_path / "loading", proc)
-    time.sleep(1.5)  # well inside the ~5-minute run
+    time.sleep(1.5)  # well inside the ~25-minute run
     proc.send_signal(signal.SIGINT)
     out = _finish(proc, tmp_path)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
@@ -163,7 +167,7 @@ def test_xdist_worker_crash_leaves_no_server_and_the_controller_still_reports(tm
     (tmp_path / "llmserve.toml").write_text(_toml(tmp_path, ("alpha", alpha), ("beta", beta)))
     (tmp_path / "test_crash.py").write_text(CRASH)
     proc = _spawn_pytest(tmp_path, "-n", "2", "--llmserve-report-json", "report.json")
-    out = _finish(proc, tmp_path, timeout_s=180)
+    out = _finish(proc, tmp_path, timeout_s=300)
     assert "worker 'gw" in out and "crashed while running 'test_crash.py::test_a_crashes'" in out, out
     assert "1 failed, 1 passed" in out
     assert left_behind(alpha) == [] and left_behind(beta) == []
