@@ -275,9 +275,10 @@ def run_slo(model_dir: Path, out: Path, a: argparse.Namespace) -> int:
         # the baseline over `--starts` separate pytest runs (the first replaces, the others add a start), so the
         # gate's noise model holds the spread between runs; then the gate, a run of its own
         steps = [("update", ["--update-baselines"])] + [(f"add-start-{k + 1}", ["--llmserve-add-start"])
-                                                        for k in range(1, a.starts)] + [("gate", [])]
+                                                        for k in range(1, a.starts)]
+        steps += [("gate" if g == 0 else f"gate-{g + 1}", []) for g in range(a.gates)]
         for step, extra in steps:
-            extra += ["--llmserve-config", str(configs["gate" if step == "gate" else "record"]),
+            extra += ["--llmserve-config", str(configs["gate" if step.startswith("gate") else "record"]),
                       "--llmserve-report-md", str(out / f"{a.marker}-{step}.md"),
                       "--llmserve-report-json", str(out / f"{a.marker}-{step}.json")]
             log("$ " + " ".join(base + extra))
@@ -343,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sl.add_argument("--budget-s", type=float, default=70.0, help="baseline_gate.budget_s: seconds per test and step")
     sl.add_argument("--repeats", type=int, default=5, help="baseline_gate.repeats: rounds each recording run records")
     sl.add_argument("--starts", type=int, default=3, help="separate recording runs (pytest starts) of the baseline")
+    sl.add_argument("--gates", type=int, default=1, help="separate gate runs against the recorded baseline")
     sl.add_argument("--record-budget-s", type=float, default=1.0,
                     help="baseline_gate.budget_s while recording (1: exactly --repeats rounds per run)")
     sl.add_argument("--marker", default="slo", choices=("slo", "workload"),
