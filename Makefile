@@ -9,6 +9,7 @@ install:
 slo: install
 	.venv/bin/python -m pytest -m slo suites/
 
-# The project's own tests (plugin behaviour, client arithmetic, real-vLLM end to end).
+# The project's own tests (plugin behaviour, client arithmetic, real-vLLM end to end), after the linter.
 test: install
+	.venv/bin/python -m ruff check .
 	.venv/bin/python -m pytest tests/

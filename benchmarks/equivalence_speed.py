@@ -1,7 +1,12 @@
 """Equivalence gate wall time, 64 prompts x 64 tokens on the CPU vLLM: cold HF reference vs cached; plus the
 perturbed-model verdict and tolerance calibration of the observed near-ties."""
 from __future__ import annotations
-import dataclasses, json, math, sys, tempfile, time
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import time
 from pathlib import Path
 import httpx
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ def _transformers_serve_available() -> str | None:
     try:
         import accelerate  # noqa: F401
         import fastapi  # noqa: F401
-        import transformers
+        import transformers  # noqa: F401
     except ImportError as exc:
         return f"transformers serve needs {exc.name} (scripts/install.sh installs it)"
     if not (Path(sys.executable).parent / "transformers").exists():

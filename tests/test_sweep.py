@@ -155,6 +155,7 @@ def test_cli_drives_chat_without_ignore_eos_for_servers_that_reject_it(tmp_path)
                          "--requests-per-level", "4", "--output-len", "3", "--warmup", "0", "--endpoint", "chat",
                          "--no-ignore-eos", "--out", str(tmp_path), "--quiet", "--no-server-metrics"])
         paths = {r["path"] for r in server.truth() if r["max_tokens"] == 3}  # not the start-up probe's requests
+    assert code == 0
     data = json.loads((tmp_path / "sweep.json").read_text())
     assert paths == {"/v1/chat/completions"}
     assert data["work"]["endpoint"] == "chat" and data["work"]["ignore_eos"] is False
