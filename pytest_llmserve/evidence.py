@@ -12,6 +12,7 @@ from .checks.graphs import GraphVerdict
 from .checks.optimisations import OptimisationsReport, collect_optimisations
 from .checks.vllm_args import apply_vllm_args, parse_vllm_args
 from .servers.base import ServerHandle
+from .option_tables import backend_options
 
 
 def optimisations_for(handle: ServerHandle) -> OptimisationsReport:
@@ -27,7 +28,7 @@ def optimisations_for(handle: ServerHandle) -> OptimisationsReport:
         target.kind,
         log_text=handle.log_text(),
         log_source=handle.log_path.name if handle.log_path else "server.log",
-        options=dict(target.options) if target.kind == "trtllm-serve" else None,
+        options=backend_options(target) if target.kind == "trtllm-serve" else None,
         config_pbtxt=pbtxt_path.read_text() if pbtxt_path and pbtxt_path.exists() else None,
         engine_config=engine_config,
         max_batch_size=None if vllm_args else max_batch,  # vLLM: checked below, once the sizes are known

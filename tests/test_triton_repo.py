@@ -151,6 +151,17 @@ def test_triton_plan_generates_the_repository_and_three_distinct_ports(tmp_path,
     assert any("kv_cache_free_gpu_mem_fraction:0.7" in text for text in plan.files.values())
 
 
+def test_suite_options_are_not_triton_options_and_an_unknown_key_still_is_refused(tmp_path, tokenizer):
+    engine = lambda s: EngineHandle(ENGINE, read_engine_config(ENGINE), None, False)  # noqa: E731
+    suites = {"accuracy_reference": "bf16", "equivalence": {"top_k": 5}, "precision": {"dtype": "bfloat16"}}
+    target = Target(name="tiny-triton", kind="triton", model=str(tokenizer), engine={"max_batch_size": 8},
+                    options={"templates": str(TEMPLATES), **suites})
+    TritonBackend(engine_fn=engine).plan(target, 18100, tmp_path / "a")  # README's own example starts
+    typo = Target(name="t2", kind="triton", model=str(tokenizer), options={"templates": str(TEMPLATES), "decoupeld": 1})
+    with pytest.raises(ServerStartError, match=r"unknown triton options \['decoupeld'\]"):
+        TritonBackend(engine_fn=engine).plan(typo, 18200, tmp_path / "b")
+
+
 def test_triton_plan_without_templates_says_where_to_get_them(tmp_path, tokenizer, monkeypatch):
     monkeypatch.delenv("LLMSERVE_TRITON_TEMPLATES", raising=False)
     target = Target(name="t", kind="triton", model=str(tokenizer))

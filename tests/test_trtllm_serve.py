@@ -128,6 +128,34 @@ def test_options_become_the_yaml_file_trtllm_serve_reads_back_identically(tmp_pa
     assert plan.metrics_url.endswith("/prometheus/metrics")
 
 
+def test_the_suites_option_keys_never_reach_the_yaml(tmp_path):
+    suites = {"accuracy_reference": "bf16", "accuracy_tasks": ["t.jsonl"], "equivalence": {"top_k": 5},
+              "precision": {"dtype": "bfloat16"}, "promotion_incumbent": "old", "equivalence_reference": "vllm"}
+    options = {"cuda_graph_config": {"batch_sizes": [1, 2]}, **suites}
+    plan = TrtllmServeBackend().plan(_target(_hf_dir(tmp_path / "m"), options=options), 9000, tmp_path)
+    assert yaml.safe_load(next(iter(plan.files.values()))) == {"cuda_graph_config": {"batch_sizes": [1, 2]}}
+
+
+def test_every_options_key_a_suite_reads_is_declared_a_suite_key():
+    """Scan the plugin outside servers/ for literal option keys, so a new suite key cannot leak to a backend."""
+    import re
+
+    from pytest_llmserve.option_tables import SUITE_OPTION_KEYS
+
+    root = Path(__file__).resolve().parents[1] / "pytest_llmserve"
+    found: set[str] = set()
+    patterns = [r'options\.get\("([a-z_]+)"', r'_(?:option|number)\(\w+, "([a-z_]+)"',
+                r'partner_target_name\(\w+, "([a-z_]+)"', r'^(?:REFERENCE_)?OPTION = "([a-z_]+)"']
+    for path in root.rglob("*.py"):
+        if "servers" in path.parts:
+            continue
+        text = path.read_text()
+        for pat in patterns:
+            found |= set(re.findall(pat, text, flags=re.M))
+    assert {"accuracy_reference", "promotion_incumbent", "equivalence", "engine_equivalence"} <= found
+    assert found <= SUITE_OPTION_KEYS, sorted(found - SUITE_OPTION_KEYS)
+
+
 def test_the_string_null_disables_cuda_graphs(tmp_path):
     plan = TrtllmServeBackend().plan(_target(_hf_dir(tmp_path / "m"), options={"cuda_graph_config": "null"}), 1, tmp_path)
     assert yaml.safe_load(next(iter(plan.files.values()))) == {"cuda_graph_config": None}

@@ -30,6 +30,7 @@ from ..config import Target
 from ..engines import EngineError, EngineHandle, EngineSpec, detect_toolchain, prepare_engine
 from ..engines.config import is_engine_dir
 from ..triton_repo import TEMPLATES_ENV, TritonRepoError, generate_repository
+from ..option_tables import backend_options
 from .base import LaunchPlan, Probe, ServerStartError
 from .probes import NOT_READY_ERRORS, PROBE_TIMEOUT_S
 from .process import free_port
@@ -67,7 +68,7 @@ class TritonBackend:
     engine_fn: Callable[[EngineSpec], EngineHandle] | None = None  # tests inject; default: prepare_engine
 
     def plan(self, target: Target, port: int, workdir: Path) -> LaunchPlan:
-        options = dict(target.options)
+        options = backend_options(target)  # the suites' keys (accuracy_reference, equivalence, ...) are not Triton's
         unknown = set(options) - _OPTION_KEYS
         if unknown:
             raise ServerStartError(f"target {target.name!r}: unknown triton options {sorted(unknown)}; "

@@ -29,6 +29,7 @@ from ..config import Target
 from ..engines import EngineError, EngineHandle, EngineSpec, detect_toolchain, prepare_engine
 from ..engines.cache import verify_checkpoint_quantization
 from ..engines.config import is_engine_dir
+from ..option_tables import backend_options
 from .base import LaunchPlan, ServerStartError
 from .probes import http_ok
 
@@ -117,8 +118,9 @@ class TrtllmServeBackend:
 
 
 def extra_options(target: Target, spec: EngineSpec) -> dict[str, Any]:
-    """The --extra_llm_api_options mapping: target.options ("null" -> None) plus dtype (pytorch)."""
-    options = {k: _nulls(v) for k, v in target.options.items()}
+    """The --extra_llm_api_options mapping: target.options less the suites' keys ("null" -> None) plus dtype
+    (pytorch)."""
+    options = {k: _nulls(v) for k, v in backend_options(target).items()}
     if spec.backend == "pytorch" and target.dtype and "dtype" not in options:
         options["dtype"] = target.dtype
     return options
