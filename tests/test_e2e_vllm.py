@@ -3,6 +3,7 @@ teardown with no process left. Runs the ready-made SLO suite in a child pytest, 
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import subprocess
@@ -93,4 +94,13 @@ def test_slo_suite_records_then_compares_baselines_on_the_real_cpu_vllm(tmp_path
     assert result["optimisations"]["graphs"]["state"] == "off"  # evidence attached to the SLO result
     assert "client self-check: ok" in result["table"]
     assert files[0].read_text() == recorded  # not rewritten without --update-baselines
+    assert not _server_processes(model), "vLLM processes survived the session"
+
+    # a second server start added to the baseline: its rounds join the stored ones under start 1
+    third = _run(root, "--llmserve-add-start")
+    assert third.returncode == 0, third.stdout[-4000:] + third.stderr[-2000:]
+    added = json.loads(files[0].read_text())["entries"][test_id]
+    assert added["server_starts"] == 2 and added["repeats"] > entry["repeats"] and added["host"]["cpu"]
+    side = json.loads(gzip.decompress(next(baseline.glob("*/e2e-vllm.samples.json.gz")).read_bytes()))
+    assert sorted({r.get("start", 0) for r in side["entries"][test_id]}) == [0, 1]
     assert not _server_processes(model), "vLLM processes survived the session"
