@@ -124,8 +124,11 @@ def test_singleton_clusters_have_design_effect_one(values):
         assert summary.effective_n == pytest.approx(len(values), rel=1e-6)
 
 
+# distinct cluster values on a 0.01 grid: unique floats such as 0.0 and 4e-283 are "distinct" but their
+# variance underflows to 0, where cluster_summary reports no clustering (deff 1) by design
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.floats(-5, 5), min_size=2, max_size=12, unique=True), st.integers(2, 8))
+@given(st.lists(st.integers(-500, 500), min_size=2, max_size=12, unique=True).map(lambda xs: [x / 100 for x in xs]),
+       st.integers(2, 8))
 def test_clusters_of_identical_items_count_about_once_each(cluster_values, size):
     values = [v for v in cluster_values for _ in range(size)]
     groups = [g for g in range(len(cluster_values)) for _ in range(size)]
