@@ -60,7 +60,7 @@ def hf_serve(tmp_path_factory):
     log = model.parent / "serve.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1",
            "OMP_NUM_THREADS": "1"}
-    # the server on cpu 0, the load client (this process) on cpu 1, as the vLLM targets do on 2 cores
+    # the server on cpu 0; the targets below pin the load client to cpu 1 (client_cpus), as the vLLM targets do
     argv = ["taskset", "-c", "0", str(Path(sys.executable).parent / "transformers"), "serve", str(model),
             "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "bfloat16",
             "--continuous-batching", "--cb-max-memory-percent", "0.05"]
@@ -116,8 +116,18 @@ name = "hf-serve"
 kind = "openai"
 url = "{url}"
 model = "{model}"
+client_cpus = "1"
 concurrency = [1, 4]
 """
+
+
+def assert_passed(run, passed: int) -> None:
+    """assert_outcomes, with the inner run's failing verdict rows in the message (CI shows only a part of stdout)."""
+    outcomes = run.parseoutcomes()
+    if outcomes.get("passed", 0) != passed or outcomes.get("failed", 0) or outcomes.get("errors", 0):
+        lines = run.stdout.lines
+        why = [ln for ln in lines if "FAIL" in ln or "regression" in ln or "Error" in ln or "problem" in ln]
+        pytest.fail(f"inner run: {outcomes}; its failing lines:\n" + "\n".join(why[-40:]), pytrace=False)
 
 
 def test_transformers_serve_as_a_bare_openai_target_records_then_gates_the_ready_made_slo_suite(pytester, hf_serve):
@@ -127,12 +137,12 @@ def test_transformers_serve_as_a_bare_openai_target_records_then_gates_the_ready
     common = ("-p", "no:cacheprovider", "--llmserve-hardware", "cpu-2c", "-v",
               "--llmserve-report-json", "report.json")
     record = pytester.runpytest_subprocess(*common, "--update-baselines")
-    record.assert_outcomes(passed=2)
+    assert_passed(record, 2)
     stored = json.loads((pytester.path / "baselines" / "cpu-2c" / "hf-serve.json").read_text())["entries"]
     assert len(stored) == 2 and all(e["metrics"]["output_tok_s"]["value"] > 0 and e["repeats"] >= 2
                                     for e in stored.values())
     gate = pytester.runpytest_subprocess(*common)
-    gate.assert_outcomes(passed=2)
+    assert_passed(gate, 2)
     out = gate.stdout.str()
     assert "server hf-serve: ready via /health" in out and "matched work verified, not forced" in out  # summary
     report = json.loads((pytester.path / "report.json").read_text())
