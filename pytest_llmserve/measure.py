@@ -96,14 +96,18 @@ def merge_results(results: Sequence[RunResult]) -> RunResult:
 
 
 def gate_checks(baseline: Sequence[Round], candidate: Sequence[Round], gate: GateSettings,
-                gated_only: bool = False) -> list[GateCheck]:
-    """Every baseline metric both sides have, gated ones at α/k with their margin, the rest for information."""
+                gated_only: bool = False, across_starts: bool = True) -> list[GateCheck]:
+    """Every baseline metric both sides have, gated ones at α/k with their margin, the rest for information.
+
+    across_starts: the candidate is another start than the baseline's (a gate), so a one-start baseline
+    gets the assumed start spread; False when a recording is checked against itself."""
     out = []
     for metric in BASELINE_METRICS:
         if gated_only and gate.margin(metric) is None:
             continue
         c = compare_rounds(metric, baseline, candidate, higher_is_better=higher_is_better(metric),
-                           margin=gate.margin(metric), alpha=gate.alpha_per_metric, power=gate.power)
+                           margin=gate.margin(metric), alpha=gate.alpha_per_metric, power=gate.power,
+                           assumed_start_spread=gate.start_spread if across_starts else 0.0)
         if c is not None:
             out.append(c)
     return out
@@ -139,7 +143,7 @@ class Planner:
         if self.mode == "record":
             if len(rounds) < self.repeats:
                 return True
-            if all_precise(gate_checks(rounds, rounds, self.gate, gated_only=True)):
+            if all_precise(gate_checks(rounds, rounds, self.gate, gated_only=True, across_starts=False)):
                 m.stopped = f"the baseline is precise enough for every gated margin (at least {self.repeats} repeats)"
                 return False
         else:
@@ -150,8 +154,8 @@ class Planner:
             hopeless = [c.metric for c in checks if not c.precise and c.requests_needed is None]
             if hopeless and len(rounds) >= 4:  # a few rounds first: τ from two rounds is itself noise
                 m.stopped = (f"no number of requests makes {', '.join(hopeless)} precise enough: the baseline's own "
-                             "uncertainty (run-to-run spread over its repeats, or the spread between its server starts) is too large "
-                             "for the margin")
+                             "uncertainty (run-to-run spread over its repeats, the spread between its server starts, "
+                             "or the start spread assumed for a one-start baseline) is too large for the margin")
                 return False
         if elapsed + per_round > self.gate.budget_s:
             m.stopped = f"time budget {self.gate.budget_s:g} s spent"

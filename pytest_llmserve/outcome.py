@@ -153,7 +153,7 @@ class LoadOutcome:
         if store.update:
             if store.add_start:
                 rounds = self._with_stored_starts(rounds, notes)
-            checks = gate_checks(rounds, rounds, gate)
+            checks = gate_checks(rounds, rounds, gate, across_starts=False)
             entry = (summary_entry(shape_of(self.result.spec), rounds, checks) | server_incumbent.server_field(metrics)
                      | {"host": host_fingerprint()})
             store.record_entry(name, self.baseline_id, entry, [round_to_dict(r, BASELINE_METRICS) for r in rounds])
@@ -188,11 +188,15 @@ class LoadOutcome:
                                         tolerances.get(c.metric) or default_tolerance(c.metric), verdict, gate=c))
             if c.gated and c.verdict != "pass":
                 notes.append(f"{c.metric}: {c.verdict}: {c.check.reason}")
-        if any(c.gate is not None and c.gate.gated and c.gate.starts < 2 and c.verdict in ("regression", "improvement")
-               for c in out):
+        one_start = [c.gate for c in out if c.gate is not None and c.gate.gated and c.gate.starts < 2]
+        if one_start and one_start[0].start_spread_assumed:
+            notes.append(f"the baseline was recorded in one server start: a spread of {gate.start_spread:.0%} between "
+                         "starts is assumed (baseline_gate.start_spread); add starts (--llmserve-add-start, one run "
+                         "each) to measure it instead")
+        elif any(g.verdict in ("regression", "improvement") for g in one_start):
             notes.append("the baseline was recorded in one server start, so a shift between server starts is not in "
-                         "its noise model: add starts (--llmserve-add-start, one run each) before trusting a small "
-                         "change")
+                         "its noise model (baseline_gate.start_spread = 0): add starts (--llmserve-add-start, one "
+                         "run each) before trusting a small change")
         return out
 
     def _with_stored_starts(self, rounds: list[Any], notes: list[str]) -> list[Any]:

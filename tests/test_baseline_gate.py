@@ -209,6 +209,8 @@ def test_old_one_number_entries_are_still_read_beside_new_ones(tmp_path):
     ({"alpha": 0.7}, "baseline_gate.alpha = 0.7"),
     ({"repeats": 0}, "baseline_gate.repeats = 0"),
     ({"budget": 3}, "baseline_gate.budget = 3"),
+    ({"start_spread": 1.5}, "baseline_gate.start_spread = 1.5"),
+    ({"start_spread": "5%"}, "baseline_gate.start_spread = '5%'"),
 ])
 def test_gate_config_errors_name_file_key_and_value(raw, key):
     with pytest.raises(ConfigError, match=f"^pyproject.toml: tool.llmserve.{key}: "):
@@ -218,11 +220,13 @@ def test_gate_config_errors_name_file_key_and_value(raw, key):
 def test_target_gate_settings_overlay_the_project_metric_by_metric():
     cfg = parse_config({"baseline_gate": {"margin": {"ttft_p50_ms": 0.2}, "budget_s": 30},
                         "targets": [{"name": "a", "kind": "openai", "url": "http://h:1",
-                                     "baseline_gate": {"margin": {"ttft_p95_ms": 0.3}, "inconclusive": "fail"}}]},
+                                     "baseline_gate": {"margin": {"ttft_p95_ms": 0.3}, "inconclusive": "fail",
+                                                       "start_spread": 0.02}}]},
                        source="llmserve.toml")
     gate = cfg.gate(cfg.targets[0])
     assert gate.margins == {"ttft_p95_ms": 0.3, "itl_p50_ms": 0.1, "output_tok_s": 0.1, "ttft_p50_ms": 0.2}
     assert (gate.inconclusive, gate.budget_s) == ("fail", 30.0) and gate.alpha_per_metric == pytest.approx(0.05 / 4)
+    assert gate.start_spread == 0.02 and cfg.baseline_gate.start_spread == 0.05  # the measured default (README)
 
 
 @pytest.mark.parametrize("profile", list(PROFILES))

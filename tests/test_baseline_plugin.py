@@ -106,6 +106,24 @@ def test_record_then_gate_passes_the_same_server_catches_a_slower_one_and_refuse
     assert len(side.read_bytes()) == 40 and _stored(pytester)[0] == data  # nothing overwritten
 
 
+def test_a_one_start_baseline_assumes_the_configured_start_spread_and_says_so(pytester, truth_url):
+    narrow = "budget_s = 1\nmargin = { ttft_p95_ms = 0.1, itl_p50_ms = 0.1, output_tok_s = 0.1 }"
+    _project(pytester, truth_url, SEQUENTIAL, gate=narrow)
+    pytester.runpytest(*ARGS, "--update-baselines", "--llmserve-repeats", "2").assert_outcomes(passed=1)
+    gated = pytester.runpytest(*ARGS, "-v", "--llmserve-report-json", "r.json")
+    gated.assert_outcomes(passed=1)  # inconclusive warns by default
+    rows = {r["metric"]: r for r in json.loads((pytester.path / "r.json").read_text())["results"][0]["baseline_gate"]
+            if r["gated"]}
+    assert all(r["start_spread_assumed"] and r["start_to_start"] == 0.05 for r in rows.values())
+    assert rows["itl_p50_ms"]["verdict"] == "inconclusive"  # 10 % margin, 5 % assumed a side: no room
+    assert "a spread of 5% between starts is assumed (baseline_gate.start_spread)" in rows["itl_p50_ms"]["reason"]
+    assert "--llmserve-add-start" in gated.stdout.str()  # the run's note says how to measure it instead
+    _project(pytester, truth_url, SEQUENTIAL, gate=narrow + "\nstart_spread = 0")  # runs that repeat exactly
+    pytester.runpytest(*ARGS, "--llmserve-report-json", "r.json").assert_outcomes(passed=1)
+    rows = json.loads((pytester.path / "r.json").read_text())["results"][0]["baseline_gate"]
+    assert not any(r["start_spread_assumed"] for r in rows)
+
+
 def test_an_inconclusive_comparison_fails_or_warns_as_configured(pytester, truth_url):
     _project(pytester, truth_url)
     pytester.runpytest(*ARGS, "--update-baselines", "--llmserve-repeats", "1").assert_outcomes(passed=1)

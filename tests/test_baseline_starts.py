@@ -34,9 +34,9 @@ def baseline(rng, starts, k, start_sd):
     return [r for j in range(starts) for r in session(rng, j, k, start_sd)]
 
 
-def verdict(base, cand, metric="itl_p50_ms", margin=0.10):
+def verdict(base, cand, metric="itl_p50_ms", margin=0.10, assumed=0.0):
     return compare_rounds(metric, base, cand, higher_is_better=metric == "output_tok_s", margin=margin,
-                          alpha=ALPHA, power=0.9)
+                          alpha=ALPHA, power=0.9, assumed_start_spread=assumed)
 
 
 def unlabelled(rounds):
@@ -54,6 +54,38 @@ def test_start_to_start_shifts_do_not_false_alarm_when_the_baseline_holds_severa
     bound = ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / sims)
     assert labelled / sims <= bound
     assert blind / sims > 2 * bound  # the within-start model alone is the false alarm of H200 call 7
+
+
+def test_a_one_start_baseline_with_the_assumed_spread_does_not_false_alarm_on_shifts_of_that_size():
+    # starts 5 % apart (SD), the default assumption: without it a one-start baseline false-alarms often
+    rng = np.random.default_rng(21)
+    sims, assumed, blind = 300, 0, 0
+    for _ in range(sims):
+        base, cand = baseline(rng, 1, 3, 0.05), session(rng, 0, 3, 0.05)
+        assumed += verdict(base, cand, assumed=0.05).verdict == "regression"
+        blind += verdict(base, cand).verdict == "regression"
+    bound = ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / sims)
+    assert assumed / sims <= bound
+    assert blind / sims > 2 * bound
+
+
+def test_a_one_start_baseline_still_catches_a_regression_far_past_the_assumed_spread():
+    rng = np.random.default_rng(22)
+    caught = sum(verdict(baseline(rng, 1, 3, 0.05), session(rng, 0, 3, 0.05, shift=1.5), assumed=0.05).verdict
+                 == "regression" for _ in range(100))
+    assert caught >= 90
+
+
+def test_the_assumption_is_reported_says_what_to_do_and_gives_way_to_measured_starts():
+    rng = np.random.default_rng(23)
+    one = verdict(baseline(rng, 1, 4, 0.0), session(rng, 0, 4, 0.0), assumed=0.05)
+    assert one.start_spread_assumed and one.start_to_start == 0.05 and one.to_dict()["start_spread_assumed"]
+    assert one.verdict == "inconclusive" and one.requests_needed is None  # 10 % margin, 5 % a side: no room
+    assert "one server start" in one.check.reason and "start_spread" in one.check.reason
+    wide = verdict(baseline(rng, 1, 4, 0.0), session(rng, 0, 4, 0.0), margin=0.5, assumed=0.05)
+    assert wide.verdict == "pass"  # a margin wide enough for the assumption decides
+    several = verdict(baseline(rng, 3, 2, 0.0), session(rng, 0, 2, 0.0), assumed=0.05)
+    assert several.starts == 3 and not several.start_spread_assumed  # measured starts replace the assumption
 
 
 def test_a_regression_well_past_the_start_to_start_spread_is_still_caught():

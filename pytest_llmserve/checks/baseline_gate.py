@@ -12,7 +12,9 @@ the run: as many as the sequential measurement needed). Two estimators:
 * server starts: a baseline recorded over several starts (`--llmserve-add-start`) labels each round with
   its start. Round-to-round spread is then taken within starts, and the spread between starts left after
   it, σ_s², is added in full to the run (one start of its own) and as Σm²/(Σm)²·σ_s² to the baseline,
-  inflated by (t/z)² for its K−1 degrees of freedom. With one start σ_s² is unknown and left out (README).
+  inflated by (t/z)² for its K−1 degrees of freedom. With one start σ_s² cannot be estimated: the gate
+  assumes a relative spread (`baseline_gate.start_spread`, default 5 %, measured on the servers here:
+  README) for the baseline's start and for the run's, so a shift between pytest runs is not a regression.
 
 The verdict is checks/promotion.py's (`decide`): regression when the worsening is significant at
 α/k (k gated metrics, so a test false-alarms at most α) and not ruled below the margin. The sequential
@@ -74,6 +76,7 @@ class GateCheck:
     precise: bool  # the interval is narrow enough for the margin at the configured power
     starts: int = 1  # server starts the baseline's rounds came from
     start_to_start: float = math.nan  # relative SD between server starts beyond round-to-round (NaN: one start)
+    start_spread_assumed: bool = False  # one start: start_to_start is the configured assumption, not a measurement
 
     @property
     def metric(self) -> str:
@@ -99,7 +102,7 @@ class GateCheck:
                 "min_detectable": c.min_detectable, "run_to_run": self.run_to_run,
                 "rounds": list(self.rounds), "requests": list(self.requests),
                 "requests_needed": self.requests_needed, "precise": self.precise, "starts": self.starts,
-                "start_to_start": self.start_to_start}
+                "start_to_start": self.start_to_start, "start_spread_assumed": self.start_spread_assumed}
 
 
 @lru_cache(maxsize=256)
@@ -205,8 +208,11 @@ def compare_rounds(
     power: float,
     info_margin: float = 0.10,
     seed: int = 0,
+    assumed_start_spread: float = 0.0,
 ) -> GateCheck | None:
-    """The metric's verdict from rounds of both sides; None when either side lacks the metric."""
+    """The metric's verdict from rounds of both sides; None when either side lacks the metric.
+
+    `assumed_start_spread` (relative SD) stands in for σ_s when the baseline has one start (0: left out)."""
     gated = margin is not None
     margin = margin if margin is not None else info_margin
     beta = 1.0 - power
@@ -229,8 +235,11 @@ def compare_rounds(
         return None
     spread = start_spread(metric, baseline)
     start_var = 0.0  # σ_s² inflated for its few degrees of freedom; the run's start carries all of it
+    assumed = spread.starts < 2 and assumed_start_spread > 0
     if spread.starts >= 2:
         start_var = spread.var * (_t(1 - alpha, spread.df) / normal_quantile(1 - alpha)) ** 2
+    elif assumed:  # an assumption, not an estimate: no df to inflate for; the baseline's one start carries it too
+        start_var = (assumed_start_spread * sb.value) ** 2
     ratio = sc.value / sb.value
     rel_b = (sb.var + spread.weight * start_var) / sb.value**2
     rel_c, rel_start = sc.var / sc.value**2, start_var / sb.value**2  # more requests shrink rel_c only
@@ -256,6 +265,11 @@ def compare_rounds(
             why = (f"the spread between the baseline's {spread.starts} server starts "
                    f"({math.sqrt(spread.var) / sb.value:.1%}, {spread.df} df) leaves no room: add starts with "
                    "--llmserve-add-start or widen the margin")
+        elif needed is None and assumed and ratio**2 * rel_start >= target_var / 4:
+            why = (f"the baseline comes from one server start, so a spread of {assumed_start_spread:.0%} between starts "
+                   "is assumed (baseline_gate.start_spread) and leaves no room: add starts with --llmserve-add-start "
+                   "(their measured spread replaces the assumption), widen the margin, or set start_spread = 0 "
+                   "where runs repeat exactly")
         elif needed is None:
             why = ("the baseline's own uncertainty leaves no room: re-record with more repeats "
                    "(--llmserve-repeats) or widen the margin" if math.isfinite(se) else
@@ -268,11 +282,12 @@ def compare_rounds(
     z95 = 1.959964
     ci = (lambda s: (s.value - z95 * math.sqrt(s.var), s.value + z95 * math.sqrt(s.var))  # noqa: E731
           if math.isfinite(s.var) else (math.nan, math.nan))
-    between = math.sqrt(spread.var) / sb.value if spread.starts >= 2 else math.nan
+    between = (math.sqrt(spread.var) / sb.value if spread.starts >= 2 else
+               assumed_start_spread if assumed else math.nan)
     sb = dataclasses.replace(sb, var=sb.var + spread.weight * start_var)
     sc = dataclasses.replace(sc, var=sc.var + start_var)
     return GateCheck(check, gated, ci(sb), ci(sc), run_spread, (sb.rounds, sc.rounds), (sb.n, sc.n), needed, precise,
-                     spread.starts, between)
+                     spread.starts, between, assumed)
 
 
 def all_precise(checks: Sequence[GateCheck]) -> bool:
