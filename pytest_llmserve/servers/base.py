@@ -11,6 +11,7 @@ from ..config import Target
 from .process import ManagedProcess, read_tail
 
 if TYPE_CHECKING:
+    from ..checks.optimisations import OptimisationsReport
     from .capabilities import Capabilities
 
 
@@ -60,13 +61,21 @@ class LaunchPlan:
 
 
 class Backend(Protocol):
-    """A server kind: builds its launch plan and recognises its own failure messages."""
+    """A server kind: everything that differs by kind, so that callers never ask which kind it is.
+
+    It builds its launch plan, recognises its own failure messages and reads its own evidence
+    (what the server wrote about its CUDA graphs and other optimisations).
+    """
 
     kind: str
 
     def plan(self, target: Target, port: int, workdir: Path) -> LaunchPlan: ...
 
     def is_port_collision(self, log_text: str) -> bool: ...
+
+    def optimisations(self, handle: ServerHandle) -> OptimisationsReport:
+        """The optimisations report (CUDA graphs included) from what this server wrote."""
+        ...
 
 
 @dataclass

@@ -9,32 +9,14 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import Target
-from .base import Backend, HostUnsupported, LaunchPlan, PortCollision, ServerHandle, ServerStartError, describe_exit
+from .base import HostUnsupported, LaunchPlan, PortCollision, ServerHandle, ServerStartError, describe_exit
 from .capabilities import Capabilities, CapabilityError, probe_capabilities
-from .openai import OpenAIBackend
 from .probes import served_models
 from .process import ManagedProcess, free_port, read_tail
-from .vllm import VllmBackend
+from .registry import backend_for
 
 PORT_ATTEMPTS = 3
 POLL_S = 0.5
-
-
-def backend_for(kind: str) -> Backend:
-    """The backend implementing a target kind."""
-    if kind == "vllm":
-        return VllmBackend()
-    if kind == "openai":
-        return OpenAIBackend()
-    if kind == "trtllm-serve":
-        from .trtllm import TrtllmServeBackend
-
-        return TrtllmServeBackend()
-    if kind == "triton":
-        from .triton import TritonBackend
-
-        return TritonBackend()
-    raise ValueError(f"no backend for kind {kind!r}")
 
 
 @dataclass

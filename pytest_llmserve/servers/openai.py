@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checks.graphs import GraphVerdict
+from ..checks.optimisations import OptimisationsReport, unknown_report
 from ..config import Target
-from .base import LaunchPlan, Probe
+from .base import LaunchPlan, Probe, ServerHandle
 from .capabilities import ready_check
 
 
@@ -41,3 +43,8 @@ class OpenAIBackend:
 
     def is_port_collision(self, log_text: str) -> bool:
         return False
+
+    def optimisations(self, handle: ServerHandle) -> OptimisationsReport:
+        """Nothing to read: the server is not ours, its log and configuration are elsewhere."""
+        graphs = GraphVerdict("openai", "unknown", notes=("external server: no log or config to read",))
+        return unknown_report("openai", "external server: nothing to read", graphs)

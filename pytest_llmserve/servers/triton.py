@@ -26,18 +26,23 @@ from typing import Any, Callable, Mapping
 
 import httpx
 
+from ..checks.graphs import GraphVerdict
+from ..checks.optimisations import OptimisationsReport, unknown_report
+from ..checks.triton_evidence import triton_optimisations
 from ..config import Target
 from ..engines import EngineError, EngineHandle, EngineSpec, detect_toolchain, prepare_engine
 from ..engines.config import is_engine_dir
 from ..triton_repo import TEMPLATES_ENV, TritonRepoError, generate_repository
 from ..option_tables import backend_options
-from .base import LaunchPlan, Probe, ServerStartError
+from .base import LaunchPlan, Probe, ServerHandle, ServerStartError
+from .evidence_sources import engine_config, log_source
 from .probes import NOT_READY_ERRORS, PROBE_TIMEOUT_S
 from .process import free_port
 
 DEFAULT_LAUNCHER = ("tritonserver",)
 _COLLISION = re.compile(r"already in use|failed to start (HTTP|GRPC|Metrics) service|Address already in use", re.I)
 _OPTION_KEYS = {"templates", "fill", "decoupled", "server_args", "protocol"}
+MODEL_CONFIG = "model_repository/tensorrt_llm/config.pbtxt"  # in the server's workdir
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,15 @@ class TritonBackend:
 
     def is_port_collision(self, log_text: str) -> bool:
         return bool(_COLLISION.search(log_text))
+
+    def optimisations(self, handle: ServerHandle) -> OptimisationsReport:
+        """From the generated tensorrt_llm config.pbtxt, the server log and the engine's config.json."""
+        path = handle.workdir_file(MODEL_CONFIG)
+        if path is None or not path.exists():
+            why = "no tensorrt_llm config.pbtxt was given"
+            return unknown_report("triton", why, GraphVerdict("triton", "unknown", notes=(why,)))
+        return triton_optimisations(path.read_text(), handle.log_text(), engine_config=engine_config(handle.target),
+                                    log_source=log_source(handle))
 
     def _engine_and_tokenizer(self, target: Target, spec: EngineSpec) -> tuple[EngineHandle, str]:
         fn = self.engine_fn or (lambda s: prepare_engine(s, detect_toolchain))
