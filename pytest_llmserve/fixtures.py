@@ -245,10 +245,9 @@ def _run_client(server: ServerHandle, spec: LoadSpec, progress: LoadProgress | N
     """One client for every kind: OpenAI streaming, or Triton's generate_stream / gRPC stream."""
     if server.target.kind == "triton":
         from .load.triton_client import run_triton_load
-        from .servers.triton import load_protocol, triton_endpoints
+        from .servers.triton import load_protocol
 
-        endpoints = triton_endpoints(server.base_url)
-        return run_triton_load(endpoints, spec, protocol=load_protocol(server.target)).to_run_result()
+        return run_triton_load(server.endpoints, spec, protocol=load_protocol(server.target)).to_run_result()
     options = client_options(server.target, spec)
     if server.capabilities is not None:
         options = dataclasses.replace(options, warm_path=server.capabilities.warm_path)

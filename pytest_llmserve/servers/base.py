@@ -13,6 +13,7 @@ from .process import ManagedProcess, read_tail
 if TYPE_CHECKING:
     from ..checks.optimisations import OptimisationsReport
     from .capabilities import Capabilities
+    from .triton import TritonEndpoints
 
 
 class ServerError(Exception):
@@ -58,6 +59,7 @@ class LaunchPlan:
     openai_api: bool = True  # speaks the OpenAI API: its capabilities are probed once it is ready
     readiness_route: str = "/health"  # what the probes above wait on (`answered` may say otherwise)
     answered: dict[str, str] = field(default_factory=dict)  # filled by a readiness probe: {"route": ...}
+    endpoints: TritonEndpoints | None = None  # where else it listens (Triton: gRPC and metrics ports)
 
 
 class Backend(Protocol):
@@ -91,6 +93,7 @@ class ServerHandle:
     startup_s: float | None = None
     workdir: Path | None = None
     capabilities: Capabilities | None = None  # what its API accepts (probed at start-up; None: not OpenAI)
+    endpoints: TritonEndpoints | None = None  # the plan's other listening addresses (Triton: gRPC, metrics)
 
     def workdir_file(self, relative: str) -> Path | None:
         """A file the backend generated for this server (e.g. a Triton model repository entry)."""

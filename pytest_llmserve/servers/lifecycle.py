@@ -69,7 +69,8 @@ def start_server(target: Target, log_dir: Path, progress: Callable[[str], None] 
     backend = backend_for(target.kind)
     if not target.is_managed:
         plan = backend.plan(target, 0, log_dir)
-        handle = ServerHandle(target=target, base_url=plan.base_url, model=target.model_name, metrics_url=plan.metrics_url)
+        handle = ServerHandle(target=target, base_url=plan.base_url, model=target.model_name, metrics_url=plan.metrics_url,
+                              endpoints=plan.endpoints)
         _wait_ready(handle, plan, target.startup_timeout_s)
         _probe(handle, plan, progress)
         return handle
@@ -99,7 +100,7 @@ def start_server(target: Target, log_dir: Path, progress: Callable[[str], None] 
             ) from None
         handle = ServerHandle(
             target=target, base_url=plan.base_url, model=target.model_name,
-            process=process, log_path=log_path, metrics_url=plan.metrics_url, workdir=workdir,
+            process=process, log_path=log_path, metrics_url=plan.metrics_url, workdir=workdir, endpoints=plan.endpoints,
         )
         try:
             _wait_ready(handle, plan, target.startup_timeout_s)

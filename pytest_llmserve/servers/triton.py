@@ -5,7 +5,7 @@ generates a model repository from tensorrtllm_backend's templates (`triton_repo`
 `tritonserver --model-repository=... --http-port= --grpc-port= --metrics-port=` in the `--flag=value`
 form TensorRT-LLM's `scripts/launch_triton_server.py` uses (TP/PP > 1: one `mpirun` rank per GPU,
 ranks above 0 loading only `tensorrt_llm`). The LaunchPlan carries one port (HTTP); gRPC and
-metrics ports are taken here with `free_port()` and published through `triton_endpoints()`.
+metrics ports are taken here with `free_port()` and carried as the plan's (and handle's) `endpoints`.
 
 Options (target.options): `templates` (path to all_models/inflight_batcher_llm, else
 $LLMSERVE_TRITON_TEMPLATES), `fill` (table of extra fill_template values, e.g.
@@ -56,17 +56,6 @@ class TritonEndpoints:
     repository: Path
 
 
-_ENDPOINTS: dict[str, TritonEndpoints] = {}
-
-
-def triton_endpoints(base_url: str) -> TritonEndpoints:
-    """The gRPC and metrics endpoints of a Triton started by this process, by its HTTP base URL."""
-    try:
-        return _ENDPOINTS[base_url.rstrip("/")]
-    except KeyError:
-        raise KeyError(f"no Triton server planned at {base_url}; known: {sorted(_ENDPOINTS)}") from None
-
-
 @dataclass(frozen=True)
 class TritonBackend:
     kind: str = "triton"
@@ -113,7 +102,6 @@ class TritonBackend:
         endpoints = TritonEndpoints(http_url=base_url, grpc_url=f"127.0.0.1:{grpc_port}",
                                     metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
                                     model=target.model_name, repository=repo.path)
-        _ENDPOINTS[base_url] = endpoints
         return LaunchPlan(
             argv=argv,
             env={**os.environ, **target.env},
@@ -125,6 +113,7 @@ class TritonBackend:
             lists_models=False,  # KServe v2, not OpenAI: the ready probe names the model instead
             openai_api=False,
             readiness_route="/v2/health/ready",
+            endpoints=endpoints,
         )
 
     def is_port_collision(self, log_text: str) -> bool:
