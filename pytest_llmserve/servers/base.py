@@ -12,6 +12,8 @@ from .process import ManagedProcess, read_tail
 
 if TYPE_CHECKING:
     from ..checks.optimisations import OptimisationsReport
+    from ..load import ClientOptions, LoadProgress, LoadSpec, RunResult
+    from ..precision import PrecisionInfo
     from .capabilities import Capabilities
     from .triton import TritonEndpoints
 
@@ -65,8 +67,10 @@ class LaunchPlan:
 class Backend(Protocol):
     """A server kind: everything that differs by kind, so that callers never ask which kind it is.
 
-    It builds its launch plan, recognises its own failure messages and reads its own evidence
-    (what the server wrote about its CUDA graphs and other optimisations).
+    It builds its launch plan, recognises its own failure messages, reads its own evidence (what
+    the server wrote about its CUDA graphs, optimisations and precision), picks the load client
+    and says whether the OpenAI capability probe applies. `defaults.BackendDefaults` holds what
+    most backends share.
     """
 
     kind: str
@@ -77,6 +81,24 @@ class Backend(Protocol):
 
     def optimisations(self, handle: ServerHandle) -> OptimisationsReport:
         """The optimisations report (CUDA graphs included) from what this server wrote."""
+        ...
+
+    def run_load(self, handle: ServerHandle, spec: LoadSpec, options: ClientOptions,
+                 progress: LoadProgress | None = None) -> RunResult:
+        """Drive `spec` against the server with the client that speaks its protocol."""
+        ...
+
+    def precision_log(self, handle: ServerHandle) -> str:
+        """The log text `precision_from_log` reads; "" when this server's log says nothing about precision."""
+        ...
+
+    def precision_from_log(self, target: Target, log_text: str) -> PrecisionInfo | None:
+        """What precision the server's log says it runs (PrecisionUnknown when it should but does not);
+        None when its log is no evidence of that."""
+        ...
+
+    def not_probed_because(self) -> str | None:
+        """Why the OpenAI capability probe does not apply to this server; None when it is probed."""
         ...
 
 

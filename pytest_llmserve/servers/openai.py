@@ -9,11 +9,12 @@ from ..checks.graphs import GraphVerdict
 from ..checks.optimisations import OptimisationsReport, unknown_report
 from ..config import Target
 from .base import LaunchPlan, Probe, ServerHandle
+from .defaults import BackendDefaults
 from .capabilities import ready_check
 
 
 @dataclass(frozen=True)
-class OpenAIBackend:
+class OpenAIBackend(BackendDefaults):
     kind: str = "openai"
 
     def plan(self, target: Target, port: int, workdir: Path) -> LaunchPlan:

@@ -32,9 +32,12 @@ from ..checks.triton_evidence import triton_optimisations
 from ..config import Target
 from ..engines import EngineError, EngineHandle, EngineSpec, detect_toolchain, prepare_engine
 from ..engines.config import is_engine_dir
+from ..load import ClientOptions, LoadProgress, LoadSpec, RunResult
+from ..load.triton_client import run_triton_load
 from ..triton_repo import TEMPLATES_ENV, TritonRepoError, generate_repository
 from ..option_tables import backend_options
 from .base import LaunchPlan, Probe, ServerHandle, ServerStartError
+from .defaults import BackendDefaults
 from .evidence_sources import engine_config, log_source
 from .probes import NOT_READY_ERRORS, PROBE_TIMEOUT_S
 from .process import free_port
@@ -57,7 +60,7 @@ class TritonEndpoints:
 
 
 @dataclass(frozen=True)
-class TritonBackend:
+class TritonBackend(BackendDefaults):
     kind: str = "triton"
     engine_fn: Callable[[EngineSpec], EngineHandle] | None = None  # tests inject; default: prepare_engine
 
@@ -127,6 +130,17 @@ class TritonBackend:
             return unknown_report("triton", why, GraphVerdict("triton", "unknown", notes=(why,)))
         return triton_optimisations(path.read_text(), handle.log_text(), engine_config=engine_config(handle.target),
                                     log_source=log_source(handle))
+
+    def run_load(self, handle: ServerHandle, spec: LoadSpec, options: ClientOptions,
+                 progress: LoadProgress | None = None) -> RunResult:
+        """Triton's own client (gRPC stream or HTTP generate_stream, `options.protocol`) on the plan's endpoints;
+        the OpenAI client's options and progress do not apply to it."""
+        if handle.endpoints is None:
+            raise KeyError(f"no Triton server planned at {handle.base_url}: its handle has no endpoints")
+        return run_triton_load(handle.endpoints, spec, protocol=load_protocol(handle.target)).to_run_result()
+
+    def not_probed_because(self) -> str | None:
+        return "Triton's own protocol, not the OpenAI API"
 
     def _engine_and_tokenizer(self, target: Target, spec: EngineSpec) -> tuple[EngineHandle, str]:
         fn = self.engine_fn or (lambda s: prepare_engine(s, detect_toolchain))

@@ -33,6 +33,7 @@ from ..engines.cache import verify_checkpoint_quantization
 from ..engines.config import is_engine_dir
 from ..option_tables import backend_options
 from .base import LaunchPlan, ServerHandle, ServerStartError
+from .defaults import BackendDefaults
 from .evidence_sources import engine_config, log_source, max_batch_size
 from .probes import http_ok
 
@@ -54,7 +55,7 @@ _OWNED_FLAGS = ("--backend", "--host", "--port", "--extra_llm_api_options", "--c
 
 
 @dataclass(frozen=True)
-class TrtllmServeBackend:
+class TrtllmServeBackend(BackendDefaults):
     kind: str = "trtllm-serve"
     engine_fn: Callable[[EngineSpec], EngineHandle] | None = None  # tests inject; default: prepare_engine
 

@@ -13,7 +13,9 @@ from ..checks.vllm_args import apply_vllm_args, parse_vllm_args
 from ..checks.vllm_evidence import vllm_optimisations
 from ..config import Target
 from ..hardware.cpu_features import cpu_flags, cpu_model
+from ..precision import PrecisionInfo, from_vllm_log
 from .base import LaunchPlan, ServerHandle
+from .defaults import BackendDefaults
 from .evidence_sources import log_source, max_batch_size
 from .probes import completion_ok, http_ok
 
@@ -24,7 +26,7 @@ _COLLISION = re.compile(r"Address already in use|Errno 98|error while attempting
 
 
 @dataclass(frozen=True)
-class VllmBackend:
+class VllmBackend(BackendDefaults):
     kind: str = "vllm"
 
     def plan(self, target: Target, port: int, workdir: Path) -> LaunchPlan:
@@ -59,6 +61,13 @@ class VllmBackend:
         report = vllm_optimisations(handle.log_text(), source=log_source(handle))
         ceiling = args.max_num_seqs or max_batch_size(handle.target)
         return replace(report, graphs=apply_vllm_args(report.graphs, args, ceiling))
+
+    def precision_log(self, handle: ServerHandle) -> str:
+        """The whole start-up log: its config dump names dtype, quantization and KV-cache dtype."""
+        return handle.log_text()
+
+    def precision_from_log(self, target: Target, log_text: str) -> PrecisionInfo | None:
+        return from_vllm_log(log_text, target.model)
 
     def unsupported_reason(self, target: Target, flags: frozenset[str] | None = None) -> str | None:
         """Why this host cannot run `target` at all, or None. Known: the CPU build's FP8 KV cache needs
