@@ -73,11 +73,16 @@ class Backend(Protocol):
     most backends share.
     """
 
-    kind: str
+    @property
+    def kind(self) -> str: ...
 
     def plan(self, target: Target, port: int, workdir: Path) -> LaunchPlan: ...
 
     def is_port_collision(self, log_text: str) -> bool: ...
+
+    def unsupported_reason(self, target: Target) -> str | None:
+        """Why this host cannot run `target` at all (it is then not started), or None."""
+        ...
 
     def optimisations(self, handle: ServerHandle) -> OptimisationsReport:
         """The optimisations report (CUDA graphs included) from what this server wrote."""

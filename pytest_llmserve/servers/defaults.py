@@ -1,4 +1,4 @@
-"""What a backend does unless it says otherwise: the OpenAI streaming client, no precision in its log."""
+"""What a backend does unless it says otherwise: runs anywhere, the OpenAI streaming client, no precision in its log."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ if TYPE_CHECKING:
 
 class BackendDefaults:
     """Mixed into each backend; a backend overrides what its server does differently."""
+
+    def unsupported_reason(self, target: Target) -> str | None:
+        """Why this host cannot run `target` at all; None: let the server itself decide."""
+        return None
 
     def run_load(self, handle: ServerHandle, spec: LoadSpec, options: ClientOptions,
                  progress: LoadProgress | None = None) -> RunResult:

@@ -74,8 +74,7 @@ def start_server(target: Target, log_dir: Path, progress: Callable[[str], None] 
         _wait_ready(handle, plan, target.startup_timeout_s)
         _probe(handle, plan, progress)
         return handle
-    unsupported = getattr(backend, "unsupported_reason", None)
-    reason = unsupported(target) if unsupported is not None else None
+    reason = backend.unsupported_reason(target)
     if reason:
         raise HostUnsupported(f"target {target.name!r} cannot run on this host: {reason}; not started")
     last_error: ServerStartError | None = None
