@@ -68,6 +68,7 @@ def evidence_at(source: str, hit: tuple[int, str, re.Match[str]]) -> Evidence:
 
 
 def ints(text: str) -> tuple[int, ...]:
+    """Every integer in the text, in order."""
     return tuple(int(x) for x in re.findall(r"\d+", text))
 
 
