@@ -17,6 +17,7 @@ from .reference import (ReferenceError, ReferenceResult, cached_reference, decod
                         n_layers)
 from .server_logprobs import fetch_greedy
 from .servers.base import ServerHandle
+from .servers.registry import backend_for
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def run_equivalence(server: ServerHandle, *, cache_dir: str | Path, default_prom
                               max_tokens=settings.max_tokens, top_k=settings.top_k,
                               **({"concurrency": concurrency} if concurrency else {}))
     server_s = time.perf_counter() - t0
-    log_text = server.log_text() if server.target.kind == "vllm" else ""
+    log_text = backend_for(server.target.kind).precision_log(server)
     parts = precision_parts(target, log_text)
     layers = n_layers(target.model)
     notes = [f"prompts: {prompt_file}" + (f" ({cut} cut to fit the server's maximum length)" if cut else ""),

@@ -14,7 +14,7 @@ from .config import ConfigError, Target, parse_cpu_list
 from .baseline_ids import baseline_id
 from .baseline_samples import check_shape
 from .baselines import BaselineError, is_statistical
-from .load import CheckLimits, ClientOptions, LoadProgress, LoadSpec, RunResult, run_load
+from .load import CheckLimits, ClientOptions, LoadProgress, LoadSpec, RunResult
 from .load.fit import FittedLoad, fit_load
 from .load.trace import TraceReplay
 from .load.workloads import Workload, workload
@@ -24,6 +24,7 @@ from .progress import Heartbeat, Snapshot, pytest_emitter
 from .server_info import CacheReset, max_model_len, reset_prefix_cache
 from .server_metrics import MetricsSampler
 from .servers.base import HostUnsupported, ServerError, ServerHandle
+from .servers.registry import backend_for
 from .session import get_session
 
 
@@ -242,17 +243,12 @@ def _run(server: ServerHandle, spec: LoadSpec, progress: LoadProgress | None = N
 
 
 def _run_client(server: ServerHandle, spec: LoadSpec, progress: LoadProgress | None = None) -> RunResult:
-    """One client for every kind: OpenAI streaming, or Triton's generate_stream / gRPC stream."""
-    if server.target.kind == "triton":
-        from .load.triton_client import run_triton_load
-        from .servers.triton import load_protocol, triton_endpoints
-
-        endpoints = triton_endpoints(server.base_url)
-        return run_triton_load(endpoints, spec, protocol=load_protocol(server.target)).to_run_result()
+    """One policy for every kind; the backend runs the client that speaks its protocol (OpenAI streaming, or
+    Triton's gRPC / generate_stream)."""
     options = client_options(server.target, spec)
     if server.capabilities is not None:
         options = dataclasses.replace(options, warm_path=server.capabilities.warm_path)
-    return run_load(server.base_url, server.model, spec, options=options, progress=progress)
+    return backend_for(server.target.kind).run_load(server, spec, options, progress)
 
 
 SERVER_CORES = 2  # kept for an unpinned server: vLLM's API server and engine core each keep one busy

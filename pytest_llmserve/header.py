@@ -9,6 +9,7 @@ import pytest
 
 from . import options
 from .config import Target
+from .servers.registry import backend_for
 
 if TYPE_CHECKING:
     from .session import LlmserveSession
@@ -27,8 +28,9 @@ def probe_line(target: Target) -> str:
     also run under --collect-only and on every xdist worker); its findings are in the llmserve summary
     and the JSON report's "servers".
     """
-    if target.kind == "triton":
-        return f"llmserve probe {target.name}: not probed (Triton's own protocol, not the OpenAI API)"
+    why = backend_for(target.kind).not_probed_because()
+    if why:
+        return f"llmserve probe {target.name}: not probed ({why})"
     told = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
                      for k, v in sorted(target.capabilities.items()))
     return (f"llmserve probe {target.name}: when its server is ready (findings in the end-of-run summary and "

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .servers.registry import backend_for
+
 ENGINE_CONFIG = "config.json"
 MODELOPT_CONFIG = "hf_quant_config.json"
 VLLM_CONFIG_LINE = re.compile(r"Initializing a V1 LLM engine \(v?([^)]*)\) with config: (.*)")
@@ -187,13 +189,17 @@ def from_declaration(declared: Mapping[str, Any], where: str) -> PrecisionInfo:
 
 
 def precision_of(target: Any, log_text: str = "") -> PrecisionInfo:
-    """What `target` (a config.Target) runs: its server log (vLLM), its model/engine dir, or its declaration."""
+    """What `target` (a config.Target) runs: its server log (where its backend reads one: vLLM), its
+    model/engine dir, or its declaration."""
     tried: list[str] = []
-    if target.kind == "vllm" and log_text:
+    if log_text:
         try:
-            return from_vllm_log(log_text, target.model)
+            info = backend_for(target.kind).precision_from_log(target, log_text)
         except PrecisionUnknown as exc:
             tried.append(str(exc))
+        else:
+            if info is not None:
+                return info
     candidates = [target.engine.get("dir"), target.engine.get("engine_dir"), target.model]
     for candidate in (c for c in candidates if isinstance(c, str) and c):
         if Path(candidate).is_dir():

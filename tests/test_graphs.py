@@ -11,17 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_llmserve.checks.graph_requirement import CudaGraphRequirement, assert_cuda_graphs, parse_batch_sizes
-from pytest_llmserve.checks.graphs import (
-    GraphVerdict,
-    detect_cuda_graphs,
-    detect_triton,
-    detect_trtllm,
-    detect_vllm,
-    format_sizes,
-    locate_key,
-    pbtxt_parameters,
-    read_log,
-)
+from pytest_llmserve.checks.graphs import GraphVerdict, format_sizes
+from pytest_llmserve.checks.log_evidence import locate_key, pbtxt_parameters, read_log
+from pytest_llmserve.checks.triton_evidence import detect_triton
+from pytest_llmserve.checks.trtllm_evidence import detect_trtllm
+from pytest_llmserve.checks.vllm_evidence import detect_vllm
+from pytest_llmserve.config import Target
+from pytest_llmserve.servers.base import ServerHandle
+from pytest_llmserve.servers.registry import backend_for
 
 DATA = Path(__file__).parent / "data" / "logs"
 CPU_LOG = DATA / "vllm_cpu_0.32.0.log"
@@ -395,12 +392,18 @@ def test_format_sizes_round_trips_through_parse_batch_sizes(sizes):
     assert parse_batch_sizes(format_sizes(sizes)[1:-1]) == tuple(sorted(set(sizes)))
 
 
+def graphs_of(kind: str, log: Path | None = None) -> GraphVerdict:
+    """The CUDA-graph verdict the kind's backend reads for a server (no workdir files)."""
+    target = Target("t", kind, url="http://127.0.0.1:1" if kind == "openai" else None, model="m")
+    return backend_for(kind).optimisations(ServerHandle(target, "http://127.0.0.1:1", "m", log_path=log)).graphs
+
+
 def test_dispatcher_covers_every_kind():
-    assert detect_cuda_graphs("openai").state == "unknown"
-    assert detect_cuda_graphs("triton").state == "unknown"
-    assert detect_cuda_graphs("vllm", log_text=read_log(CPU_LOG)).state == "off"
-    with pytest.raises(ValueError, match="unknown target kind 'sglang'"):
-        detect_cuda_graphs("sglang")
+    assert graphs_of("openai").state == "unknown"
+    assert graphs_of("triton").state == "unknown"
+    assert graphs_of("vllm", CPU_LOG).state == "off"
+    with pytest.raises(ValueError, match="no backend for kind 'sglang'"):
+        backend_for("sglang")
 
 
 def test_verdict_to_dict_carries_everything():

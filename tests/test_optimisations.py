@@ -8,16 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_llmserve.checks.graphs import read_log
-from pytest_llmserve.checks.optimisations import (
-    NAMES,
-    OptimisationsReport,
-    collect_optimisations,
-    engine_findings,
-    triton_optimisations,
-    trtllm_optimisations,
-    vllm_optimisations,
-)
+from pytest_llmserve.checks.engine_evidence import engine_findings
+from pytest_llmserve.checks.log_evidence import read_log
+from pytest_llmserve.checks.optimisations import NAMES, OptimisationsReport
+from pytest_llmserve.checks.triton_evidence import triton_optimisations
+from pytest_llmserve.checks.trtllm_evidence import trtllm_optimisations
+from pytest_llmserve.checks.vllm_evidence import vllm_optimisations
+from pytest_llmserve.config import Target
+from pytest_llmserve.servers.base import ServerHandle
+from pytest_llmserve.servers.registry import backend_for
 
 DATA = Path(__file__).parent / "data" / "logs"
 CPU_LOG = DATA / "vllm_cpu_0.32.0.log"
@@ -202,8 +201,26 @@ def test_engine_findings_read_the_pre_0_9_schema():
     assert f["paged_kv_cache"].state == "off" and f["quantization"].state == "unknown"
 
 
+def report_of(target: Target, log: Path | None = None, workdir: Path | None = None) -> OptimisationsReport:
+    """What the target kind's backend reads for a server with this log and workdir."""
+    handle = ServerHandle(target, "http://127.0.0.1:1", "m", log_path=log, workdir=workdir)
+    return backend_for(target.kind).optimisations(handle)
+
+
 def test_collect_dispatches_and_external_servers_are_unknown():
-    r = collect_optimisations("openai")
+    r = report_of(Target("o", "openai", url="http://127.0.0.1:1", model="m"))
     assert r.backend == "openai" and set(states(r).values()) == {"unknown"}
-    assert collect_optimisations("vllm", log_text=read_log(CPU_LOG)).get("prefix_caching").state == "on"
-    assert collect_optimisations("triton").graphs.state == "unknown"
+    assert report_of(Target("v", "vllm", model="m"), CPU_LOG).get("prefix_caching").state == "on"
+    assert report_of(Target("t", "triton", model="m")).graphs.state == "unknown"
+
+
+def test_each_backend_reads_its_own_files(tmp_path):
+    pbtxt = tmp_path / "model_repository" / "tensorrt_llm" / "config.pbtxt"
+    pbtxt.parent.mkdir(parents=True)
+    pbtxt.write_text((DATA / "triton_on" / "config.pbtxt").read_text())
+    triton = report_of(Target("t", "triton", model="m"), DATA / "triton_on.log", tmp_path)
+    direct = triton_optimisations(pbtxt.read_text(), read_log(DATA / "triton_on.log"), log_source="triton_on.log")
+    assert triton == direct and triton.graphs.state == direct.graphs.state != "unknown"
+    opts = yaml.safe_load((DATA / "trtllm_on.yaml").read_text())
+    trtllm = report_of(Target("t", "trtllm-serve", model="m", options=opts), DATA / "trtllm_on.log")
+    assert trtllm == trtllm_optimisations(opts, read_log(DATA / "trtllm_on.log"), log_source="trtllm_on.log")

@@ -11,12 +11,14 @@ lower bounds only: the client cannot see a token before the server sends it.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from pytest_llmserve.config import Target
 from pytest_llmserve.load.records import RequestRecord
-from pytest_llmserve.load.spec import LoadSpec
+from pytest_llmserve.load.spec import ClientOptions, LoadSpec
 from pytest_llmserve.load.triton_client import (
     ModelInfo,
     TritonOptions,
@@ -26,6 +28,9 @@ from pytest_llmserve.load.triton_client import (
     run_http,
     run_triton_load,
 )
+from pytest_llmserve.servers.base import ServerHandle
+from pytest_llmserve.servers.registry import backend_for
+from pytest_llmserve.servers.triton import TritonEndpoints
 from pytest_llmserve.testing.kserve_server import KServeTestServer, ScriptedModel
 
 pytest.importorskip("tritonclient.grpc")
@@ -171,3 +176,15 @@ def test_run_result_is_the_openai_clients_type_and_unmatched_work_invalidates_it
     assert type(good).__name__ == "RunResult" and good.valid and good.metrics()["error_rate"] == 0.0
     assert good.metrics()["ttft_p95_ms"] > 0 and not good.client_check.kernel_timestamps
     assert not bad.valid and any("did not stream exactly output_len=12" in r for r in bad.invalid_reasons)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_triton_handle_is_loaded_by_its_backend_through_the_handles_endpoints(server, protocol):
+    target = Target(name="t", kind="triton", model="m", served_model_name="tiny", options={"protocol": protocol})
+    endpoints = TritonEndpoints(http_url=server.http_url, grpc_url=server.grpc_url, metrics_url=server.metrics_url,
+                                model="tiny", repository=Path("unused"))
+    handle = ServerHandle(target, server.http_url, "tiny", endpoints=endpoints)
+    result = backend_for("triton").run_load(handle, replace(SPEC, warmup=0), ClientOptions())
+    assert type(result).__name__ == "RunResult" and result.valid and result.summary.completed == 8
+    with pytest.raises(KeyError, match="no Triton server planned"):
+        backend_for("triton").run_load(replace(handle, endpoints=None), SPEC, ClientOptions())

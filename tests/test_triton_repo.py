@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pytest_llmserve.config import Target
 from pytest_llmserve.engines import EngineHandle, read_engine_config
 from pytest_llmserve.servers.base import ServerStartError
-from pytest_llmserve.servers.triton import TritonBackend, triton_endpoints, tritonserver_argv
+from pytest_llmserve.servers.triton import TritonBackend, tritonserver_argv
 from pytest_llmserve.triton_repo import (
     TritonRepoError,
     fill_template,
@@ -142,7 +142,7 @@ def test_triton_plan_generates_the_repository_and_three_distinct_ports(tmp_path,
         return EngineHandle(path=ENGINE, config=read_engine_config(ENGINE), fingerprint="f", built=False)
 
     plan = TritonBackend(engine_fn=engine_fn).plan(target, 18000, tmp_path)
-    ep = triton_endpoints(plan.base_url)
+    ep = plan.endpoints
     ports = {18000, int(ep.grpc_url.rsplit(":", 1)[1]), int(ep.metrics_url.split(":")[2].split("/")[0])}
     assert len(ports) == 3 and ep.model == "tiny-triton" and plan.metrics_url == ep.metrics_url
     assert seen[0].backend == "tensorrt" and seen[0].max_batch_size == 8

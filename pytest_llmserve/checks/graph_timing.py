@@ -2,7 +2,7 @@
 
 No server exposes graph replay as a metric, and a silent fall-back to eager (TensorRT-LLM's PyTorch
 backend under KV pressure, its PR #16072; vLLM above its largest capture size) leaves no log line,
-so checks/graphs.py, which reads logs and configs, cannot see it. Replaying a graph removes the
+so the log/config readers (checks/*_evidence.py) cannot see it. Replaying a graph removes the
 per-kernel launch cost from every decode step, so at a batch size where graphs replay, a step is
 faster than the same server's step with graphs switched off. The rule, for each concurrency c of a
 closed-loop sweep with fixed output lengths (the batch is then about c):

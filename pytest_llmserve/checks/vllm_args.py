@@ -15,7 +15,8 @@ import json
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from .graphs import Evidence, GraphVerdict, _check_max_batch, format_sizes
+from .graphs import GraphVerdict, check_max_batch, format_sizes
+from .log_evidence import Evidence
 
 SOURCE = "target.args"
 
@@ -129,4 +130,4 @@ def apply_vllm_args(verdict: GraphVerdict, settings: VllmGraphArgs, max_batch_si
                                               f"log lists {format_sizes(verdict.captured_batch_sizes)}: the log wins"))
     if settings.max_num_seqs is not None and max_batch_size == settings.max_num_seqs and verdict.state in ("on", "partial"):
         verdict = replace(verdict, evidence=(*verdict.evidence, *seqs_ev))
-    return _check_max_batch(verdict, max_batch_size)
+    return check_max_batch(verdict, max_batch_size)

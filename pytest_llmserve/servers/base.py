@@ -11,7 +11,11 @@ from ..config import Target
 from .process import ManagedProcess, read_tail
 
 if TYPE_CHECKING:
+    from ..checks.optimisations import OptimisationsReport
+    from ..load import ClientOptions, LoadProgress, LoadSpec, RunResult
+    from ..precision import PrecisionInfo
     from .capabilities import Capabilities
+    from .triton import TritonEndpoints
 
 
 class ServerError(Exception):
@@ -57,16 +61,50 @@ class LaunchPlan:
     openai_api: bool = True  # speaks the OpenAI API: its capabilities are probed once it is ready
     readiness_route: str = "/health"  # what the probes above wait on (`answered` may say otherwise)
     answered: dict[str, str] = field(default_factory=dict)  # filled by a readiness probe: {"route": ...}
+    endpoints: TritonEndpoints | None = None  # where else it listens (Triton: gRPC and metrics ports)
 
 
 class Backend(Protocol):
-    """A server kind: builds its launch plan and recognises its own failure messages."""
+    """A server kind: everything that differs by kind, so that callers never ask which kind it is.
 
-    kind: str
+    It builds its launch plan, recognises its own failure messages, reads its own evidence (what
+    the server wrote about its CUDA graphs, optimisations and precision), picks the load client
+    and says whether the OpenAI capability probe applies. `defaults.BackendDefaults` holds what
+    most backends share.
+    """
+
+    @property
+    def kind(self) -> str: ...
 
     def plan(self, target: Target, port: int, workdir: Path) -> LaunchPlan: ...
 
     def is_port_collision(self, log_text: str) -> bool: ...
+
+    def unsupported_reason(self, target: Target) -> str | None:
+        """Why this host cannot run `target` at all (it is then not started), or None."""
+        ...
+
+    def optimisations(self, handle: ServerHandle) -> OptimisationsReport:
+        """The optimisations report (CUDA graphs included) from what this server wrote."""
+        ...
+
+    def run_load(self, handle: ServerHandle, spec: LoadSpec, options: ClientOptions,
+                 progress: LoadProgress | None = None) -> RunResult:
+        """Drive `spec` against the server with the client that speaks its protocol."""
+        ...
+
+    def precision_log(self, handle: ServerHandle) -> str:
+        """The log text `precision_from_log` reads; "" when this server's log says nothing about precision."""
+        ...
+
+    def precision_from_log(self, target: Target, log_text: str) -> PrecisionInfo | None:
+        """What precision the server's log says it runs (PrecisionUnknown when it should but does not);
+        None when its log is no evidence of that."""
+        ...
+
+    def not_probed_because(self) -> str | None:
+        """Why the OpenAI capability probe does not apply to this server; None when it is probed."""
+        ...
 
 
 @dataclass
@@ -82,6 +120,7 @@ class ServerHandle:
     startup_s: float | None = None
     workdir: Path | None = None
     capabilities: Capabilities | None = None  # what its API accepts (probed at start-up; None: not OpenAI)
+    endpoints: TritonEndpoints | None = None  # the plan's other listening addresses (Triton: gRPC, metrics)
 
     def workdir_file(self, relative: str) -> Path | None:
         """A file the backend generated for this server (e.g. a Triton model repository entry)."""

@@ -9,32 +9,14 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import Target
-from .base import Backend, HostUnsupported, LaunchPlan, PortCollision, ServerHandle, ServerStartError, describe_exit
+from .base import HostUnsupported, LaunchPlan, PortCollision, ServerHandle, ServerStartError, describe_exit
 from .capabilities import Capabilities, CapabilityError, probe_capabilities
-from .openai import OpenAIBackend
 from .probes import served_models
 from .process import ManagedProcess, free_port, read_tail
-from .vllm import VllmBackend
+from .registry import backend_for
 
 PORT_ATTEMPTS = 3
 POLL_S = 0.5
-
-
-def backend_for(kind: str) -> Backend:
-    """The backend implementing a target kind."""
-    if kind == "vllm":
-        return VllmBackend()
-    if kind == "openai":
-        return OpenAIBackend()
-    if kind == "trtllm-serve":
-        from .trtllm import TrtllmServeBackend
-
-        return TrtllmServeBackend()
-    if kind == "triton":
-        from .triton import TritonBackend
-
-        return TritonBackend()
-    raise ValueError(f"no backend for kind {kind!r}")
 
 
 @dataclass
@@ -87,12 +69,12 @@ def start_server(target: Target, log_dir: Path, progress: Callable[[str], None] 
     backend = backend_for(target.kind)
     if not target.is_managed:
         plan = backend.plan(target, 0, log_dir)
-        handle = ServerHandle(target=target, base_url=plan.base_url, model=target.model_name, metrics_url=plan.metrics_url)
+        handle = ServerHandle(target=target, base_url=plan.base_url, model=target.model_name, metrics_url=plan.metrics_url,
+                              endpoints=plan.endpoints)
         _wait_ready(handle, plan, target.startup_timeout_s)
         _probe(handle, plan, progress)
         return handle
-    unsupported = getattr(backend, "unsupported_reason", None)
-    reason = unsupported(target) if unsupported is not None else None
+    reason = backend.unsupported_reason(target)
     if reason:
         raise HostUnsupported(f"target {target.name!r} cannot run on this host: {reason}; not started")
     last_error: ServerStartError | None = None
@@ -117,7 +99,7 @@ def start_server(target: Target, log_dir: Path, progress: Callable[[str], None] 
             ) from None
         handle = ServerHandle(
             target=target, base_url=plan.base_url, model=target.model_name,
-            process=process, log_path=log_path, metrics_url=plan.metrics_url, workdir=workdir,
+            process=process, log_path=log_path, metrics_url=plan.metrics_url, workdir=workdir, endpoints=plan.endpoints,
         )
         try:
             _wait_ready(handle, plan, target.startup_timeout_s)

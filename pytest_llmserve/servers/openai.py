@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checks.graphs import GraphVerdict
+from ..checks.optimisations import OptimisationsReport, unknown_report
 from ..config import Target
-from .base import LaunchPlan, Probe
+from .base import LaunchPlan, Probe, ServerHandle
+from .defaults import BackendDefaults
 from .capabilities import ready_check
 
 
 @dataclass(frozen=True)
-class OpenAIBackend:
+class OpenAIBackend(BackendDefaults):
     kind: str = "openai"
 
     def plan(self, target: Target, port: int, workdir: Path) -> LaunchPlan:
@@ -41,3 +44,8 @@ class OpenAIBackend:
 
     def is_port_collision(self, log_text: str) -> bool:
         return False
+
+    def optimisations(self, handle: ServerHandle) -> OptimisationsReport:
+        """Nothing to read: the server is not ours, its log and configuration are elsewhere."""
+        graphs = GraphVerdict("openai", "unknown", notes=("external server: no log or config to read",))
+        return unknown_report("openai", "external server: nothing to read", graphs)

