@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import urlsplit
 
 from .gate_config import GateSettings
+
+if TYPE_CHECKING:
+    from .suite_tables import SuiteTables
 
 KINDS = ("vllm", "openai", "trtllm-serve", "triton")
 SLO_KEYS = (
@@ -136,6 +140,13 @@ class Target:
         if self.served_model_name:
             return self.served_model_name
         return self.model if self.kind == "openai" and self.model else self.name
+
+    @functools.cached_property
+    def suites(self) -> SuiteTables:
+        """The suites' keys of `options`, typed (suite_tables.py; ValueError naming key and value when bad)."""
+        from .suite_tables import suite_tables
+
+        return suite_tables(self.options)
 
     @property
     def is_managed(self) -> bool:
@@ -292,6 +303,7 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
         if key in raw and not _CPU_LIST.fullmatch(raw[key]):
             err.fail(f"{where}.{key}", raw[key], "must be a CPU list like '0', '0-3' or '0,2-3'")
     workloads = _parse_workloads(err, raw.get("workloads", {}), f"{where}.workloads")
+    _check_options(err, kind, raw.get("options", {}), f"{where}.options")
     if "capabilities" in raw:
         from .servers.capabilities import validate_overrides
 
@@ -331,6 +343,24 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
         source=source,
         baseline_gate=_checked_gate(err, raw.get("baseline_gate", {}), f"{where}.baseline_gate"),
     )
+
+
+def _check_options(err: _Errors, kind: str, options: Any, where: str) -> None:
+    """The suites' tables in `options` typed, and the rest accepted by the backend (file/key/value errors)."""
+    from .option_tables import SUITE_OPTION_KEYS
+    from .servers.registry import backend_for
+    from .suite_tables import OptionError, suite_tables
+
+    if not isinstance(options, Mapping):
+        err.fail(where, options, "must be a table")
+    try:
+        suite_tables(options)
+    except OptionError as exc:
+        err.fail(f"{where}.{exc.key}", exc.value, exc.problem)
+    problem = backend_for(kind).option_problem({k: v for k, v in options.items() if k not in SUITE_OPTION_KEYS})
+    if problem:
+        key, value, what = problem
+        err.fail(f"{where}.{key}", value, what)
 
 
 def _parse_workloads(err: _Errors, raw: Mapping[str, Any], where: str, shape_only: bool = False) -> dict[str, Any]:

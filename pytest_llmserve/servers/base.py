@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 from ..config import Target
 from .process import ManagedProcess, read_tail
@@ -104,6 +104,10 @@ class Backend(Protocol):
 
     def not_probed_because(self) -> str | None:
         """Why the OpenAI capability probe does not apply to this server; None when it is probed."""
+        ...
+
+    def option_problem(self, options: Mapping[str, Any]) -> tuple[str, Any, str] | None:
+        """(key, value, problem) for the first of its own `options` (the suites' keys removed) it cannot take."""
         ...
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..load import ClientOptions, LoadProgress, LoadSpec, RunResult, run_load
 from .base import ServerHandle
@@ -34,4 +34,8 @@ class BackendDefaults:
 
     def not_probed_because(self) -> str | None:
         """Why the capability probe does not apply to this server (None: it speaks the OpenAI API, so it is probed)."""
+        return None
+
+    def option_problem(self, options: Mapping[str, Any]) -> tuple[str, Any, str] | None:
+        """Any options are taken (an OpenAI server has none; trtllm-serve's go to its YAML as they are)."""
         return None

@@ -64,6 +64,16 @@ class TritonBackend(BackendDefaults):
     kind: str = "triton"
     engine_fn: Callable[[EngineSpec], EngineHandle] | None = None  # tests inject; default: prepare_engine
 
+    def option_problem(self, options: Mapping[str, Any]) -> tuple[str, Any, str] | None:
+        """Unknown keys and a protocol other than grpc/http (checked when the config loads, and again at start)."""
+        for key, value in options.items():
+            if key not in _OPTION_KEYS:
+                return key, value, f"unknown triton option; known: {', '.join(sorted(_OPTION_KEYS))}"
+        protocol = options.get("protocol", "grpc")
+        if str(protocol).lower() not in ("grpc", "http"):
+            return "protocol", protocol, "use 'grpc' or 'http'"
+        return None
+
     def plan(self, target: Target, port: int, workdir: Path) -> LaunchPlan:
         options = backend_options(target)  # the suites' keys (accuracy_reference, equivalence, ...) are not Triton's
         unknown = set(options) - _OPTION_KEYS
