@@ -5,7 +5,7 @@ backend, and the suites read the typed values."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_llmserve.config import ConfigError, Target, parse_config
@@ -64,6 +64,7 @@ def test_the_suites_read_typed_values_with_the_documented_defaults():
         Target(name="c", kind="openai", options={"promotion_rounds": 0}).suites  # noqa: B018
 
 
+@settings(deadline=None)  # a busy 2-core machine: timing is not what this checks
 @given(st.dictionaries(st.sampled_from(sorted(SUITE_OPTION_KEYS)),
                        st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.floats(allow_nan=True),
                                  st.text(max_size=5), st.lists(st.text(max_size=4), max_size=3)), max_size=4))
