@@ -194,19 +194,17 @@ def worker_output(state: LlmserveSession, pconfig: pytest.Config, order: list[st
 def merge_worker_output(state: LlmserveSession, payload: dict[str, Any], pconfig: pytest.Config) -> None:
     """Fold one worker's output into the controller's session (results kept in collection order)."""
     worker = payload["worker"]
-    state.collected_ids.update(payload["collected_ids"])
+    state.note_collected(payload["collected_ids"])
     state.store.used.update((target, test_id) for target, test_id in payload["used"])
     state.store.changes.extend(
         BaselineChange(Path(c["path"]), c["test_id"], c["old"], c["new"]) for c in payload["changes"]
     )
     state.store.changes.sort(key=lambda c: (str(c.path), c.test_id))
-    for name, pids in payload["leftovers"].items():
-        state.leftovers[f"{name} on {worker}"] = pids
+    state.note_leftovers(payload["leftovers"], worker)
     for name, caps in payload["probed"].items():  # each worker probes its own server of a target
         state.pool.probed.setdefault(name, Capabilities.from_dict(caps))
     for name, message in payload["server_failures"].items():
         state.pool.failures.setdefault(name, message)
-    state.results.extend(ResultEntry(**entry) for entry in payload["results"])
-    rank = {nodeid: i for i, nodeid in enumerate(payload["order"])}  # every worker collects the same items
-    state.results.sort(key=lambda e: rank.get(e.nodeid, len(rank)))
+    # every worker collects the same items, so any worker's order ranks them all
+    state.merge_results([ResultEntry(**entry) for entry in payload["results"]], payload["order"])
     benchmark_bridge.publish(pconfig, [benchmark_bridge.LoadBenchmark.from_dict(b) for b in payload["benchmarks"]])

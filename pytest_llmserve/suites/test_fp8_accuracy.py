@@ -91,7 +91,7 @@ def test_precision_change_keeps_accuracy(request, llm_target, llm_servers):
     for comp in comparisons:
         table = comp.render()
         tables.append(table)
-        session.results.append(ResultEntry(request.node.nodeid, llm_target.name, "accuracy", comp.passed, table, comp.data()))
+        session.record(ResultEntry(request.node.nodeid, llm_target.name, "accuracy", comp.passed, table, comp.data()))
     report = "\n\n".join(tables)
     print(report)
     failed = [c.task.name + (" (inconclusive)" if c.gate.verdict == "inconclusive" else "")
