@@ -6,6 +6,8 @@ Layout: ``<baselines_dir>/<hardware>/accuracy/<model>.json`` holding
 paired gate decides FP8 vs BF16 from two live runs; these references additionally catch both sides
 drifting together (e.g. the BF16 engine itself regressed), with TensorRT-LLM's unpaired threshold
 ref + Φ⁻¹(α)·√(2σ²/n), σ = 0.5 for 0/1 scores (its σ = 50 on a 0-100 scale).
+The file is an entry file of the baselines' store (entry_store.py): the same locked update, and its
+changes and unused entries appear in the end-of-run report beside the baselines'.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
-from .atomic import atomic_write_json
-from .baselines import SCHEMA, UPDATE_HINT, round_significant
+from .baselines import SCHEMA, UPDATE_HINT, BaselineStore, round_significant
 from .checks.accuracy_gate import trtllm_threshold
-from .locks import lock_for
+from .entry_store import StoreLedger, unused_ids, write_entry
 from .precision import PrecisionInfo
 
 RefVerdict = Literal["ok", "regression", "missing", "stale", "recorded"]
@@ -61,31 +62,26 @@ class AccuracyReferences:
     model: str
     update: bool = False
     alpha: float = 0.05
-    changed: list[str] = field(default_factory=list)
+    ledger: StoreLedger = field(default_factory=StoreLedger)  # the session's, so the report sees the changes
+
+    @classmethod
+    def in_store(cls, store: BaselineStore, model: str, alpha: float = 0.05) -> AccuracyReferences:
+        """The references of `model` kept beside `store`'s baselines, sharing its update flag and ledger."""
+        return cls(root=store.root, hardware=store.hardware, model=model, update=store.update, alpha=alpha,
+                   ledger=store.ledger)
 
     @property
     def path(self) -> Path:
-        return self.root / self.hardware / "accuracy" / f"{self.model}.json"
+        return folder(self.root, self.hardware) / f"{self.model}.json"
 
     def entries(self) -> dict[str, dict[str, Any]]:
-        if not self.path.exists():
-            return {}
-        try:
-            data = json.loads(self.path.read_text("utf-8"))
-            entries = data["entries"]
-            if not isinstance(entries, dict):
-                raise ValueError("`entries` must be a mapping")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(
-                f"accuracy reference file {self.path} is corrupt ({exc}); it was not modified. Restore it "
-                f"(git checkout -- {self.path}) or delete it and {UPDATE_HINT}"
-            ) from None
-        return entries
+        return _read_entries(self.path)
 
     def check(self, task: str, task_sha256: str, precision: PrecisionInfo, summary: dict[str, float]) -> ReferenceRow:
         """Compare one measured accuracy with its reference, or record it when updating."""
         key = f"{task}|{precision.key()}"
         n, measured = int(summary["n"]), float(summary["accuracy"])
+        self.ledger.mark_used(self.path, key)
         if self.update:
             self._record(key, {"accuracy": measured, "mean_loglik": summary["mean_loglik"]}, n, task_sha256)
             return ReferenceRow(key, measured, n, measured, None, "recorded", f"written to {self.path}")
@@ -102,12 +98,47 @@ class AccuracyReferences:
 
     def _record(self, key: str, metrics: dict[str, float], n: int, task_sha256: str) -> None:
         """Read-modify-write under a lock, landing with an atomic rename (parallel workers are safe)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         new: dict[str, Any] = {k: round_significant(float(v)) for k, v in metrics.items()}
         new.update(n=n, task_sha256=task_sha256)  # n exact: it identifies the task version too
-        with lock_for(self.path, timeout=120):
-            entries = self.entries()
-            entries[key] = dict(sorted(new.items()))
-            atomic_write_json(self.path, {"schema": SCHEMA, "hardware": self.hardware, "model": self.model,
-                                           "entries": dict(sorted(entries.items()))})
-        self.changed.append(key)
+        write_entry(self.path, key, dict(sorted(new.items())), ledger=self.ledger, read=_read_entries,
+                    header=lambda _: {"schema": SCHEMA, "hardware": self.hardware, "model": self.model},
+                    summary=change_summary)
+
+
+def folder(root: Path, hardware: str) -> Path:
+    """Where the accuracy reference files of one hardware label live."""
+    return root / hardware / "accuracy"
+
+
+def change_summary(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The values a change report shows: the numbers, and the task file's hash shortened."""
+    return {k: (str(v)[:12] if k == "task_sha256" else v) for k, v in entry.items()}
+
+
+def unused_references(store: BaselineStore) -> list[tuple[Path, str]]:
+    """Entries this run did not check, of a reference file and a precision it did check (so a task no longer
+    run is found, while a target left out of a partial run leaves its precision's entries alone)."""
+    out = []
+    for path in store.ledger.used_files():
+        if path.parent != folder(store.root, store.hardware):
+            continue
+        used = store.ledger.used_in(path)
+        precisions = {key.partition("|")[2] for key in used}
+        out += [(path, key) for key in unused_ids(_read_entries(path), used, lambda k: k.partition("|")[2] in precisions)]
+    return out
+
+
+def _read_entries(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        entries = data["entries"]
+        if not isinstance(entries, dict):
+            raise ValueError("`entries` must be a mapping")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"accuracy reference file {path} is corrupt ({exc}); it was not modified. Restore it "
+            f"(git checkout -- {path}) or delete it and {UPDATE_HINT}"
+        ) from None
+    return entries

@@ -5,9 +5,9 @@ either the old one-number form ``{metric: value}`` (schema 1, still read and com
 statistical form (schema 2) ``{"shape": {...}, "repeats": R, "requests": N, "metrics": {metric: {"value",
 "ci95", "n", "rounds", "run_to_run"}}}``, whose per-request samples of every round live in the compressed
 sidecar ``<target>.samples.json.gz`` (baseline_samples.py), written under the same lock.
-Writes are read-modify-write under a file lock and land with an atomic rename, so parallel
-workers never clobber each other and a crash never leaves half a file. A file that does not
-parse is reported and never overwritten.
+Writes are read-modify-write under a file lock and land with an atomic rename (entry_store.py, shared
+with the accuracy references), so parallel workers never clobber each other and a crash never leaves
+half a file. A file that does not parse is reported and never overwritten.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from .atomic import atomic_write_json
 from .config import Tolerance
-from .locks import lock_for
+from .entry_store import EntryChange, StoreLedger, unused_ids, write_entry
 
 SCHEMA = 1
 SCHEMA_STATS = 2  # files holding statistical entries (they may still hold old one-number entries)
@@ -78,16 +77,6 @@ class MetricComparison:
         return self.baseline - slack if higher_is_better(self.metric) else self.baseline + slack
 
 
-@dataclass(frozen=True)
-class BaselineChange:
-    """What --update-baselines changed for one entry (old is None for a new entry)."""
-
-    path: Path
-    test_id: str
-    old: Mapping[str, float] | None
-    new: Mapping[str, float]
-
-
 @dataclass
 class BaselineStore:
     """Reads, compares and (with update) writes baselines for one hardware label."""
@@ -96,8 +85,12 @@ class BaselineStore:
     hardware: str
     update: bool = False
     add_start: bool = False  # with update: add this run's rounds to a statistical entry as one more server start
-    used: set[tuple[str, str]] = field(default_factory=set)
-    changes: list[BaselineChange] = field(default_factory=list)
+    ledger: StoreLedger = field(default_factory=StoreLedger)  # shared with the run's accuracy references
+
+    @property
+    def changes(self) -> list[EntryChange]:
+        """Every entry this run wrote, baselines and accuracy references alike."""
+        return self.ledger.changes
 
     def path_for(self, target: str) -> Path:
         return self.root / self.hardware / f"{target}.json"
@@ -109,8 +102,9 @@ class BaselineStore:
 
     def lookup_entry(self, target: str, test_id: str) -> dict[str, Any] | None:
         """The stored entry as written (either form), or None; marks the entry as used."""
-        self.used.add((target, test_id))
-        found = self._read(self.path_for(target)).get(test_id)
+        path = self.path_for(target)
+        self.ledger.mark_used(path, test_id)
+        found = self._read(path).get(test_id)
         return dict(found) if found is not None else None
 
     def compare(
@@ -140,45 +134,34 @@ class BaselineStore:
             self.record(target, test_id, metrics)
         return rows
 
-    def record(self, target: str, test_id: str, metrics: Mapping[str, float]) -> BaselineChange:
+    def record(self, target: str, test_id: str, metrics: Mapping[str, float]) -> EntryChange:
         """Write one entry atomically under a lock, keeping every other entry of the file."""
-        path = self.path_for(target)
-        path.parent.mkdir(parents=True, exist_ok=True)
         new = {k: round_significant(float(v)) for k, v in sorted(metrics.items()) if math.isfinite(float(v))}
-        with lock_for(path, timeout=120):
-            entries = self._read(path)
-            old = entries.get(test_id)
-            entries[test_id] = new
-            schema = SCHEMA_STATS if any(is_statistical(e) for e in entries.values()) else SCHEMA
-            atomic_write_json(path, {"schema": schema, "hardware": self.hardware, "target": target,
-                                      "entries": dict(sorted(entries.items()))})
-        change = BaselineChange(path, test_id, flat_values(old) if old is not None else None, new)
-        self.changes.append(change)
-        self.used.add((target, test_id))
-        return change
+        return self._write(target, test_id, new)
 
     def record_entry(self, target: str, test_id: str, entry: Mapping[str, Any],
-                     rounds: list[dict[str, Any]]) -> BaselineChange:
+                     rounds: list[dict[str, Any]]) -> EntryChange:
         """Write a statistical entry and its rounds' samples (sidecar first, then the JSON), both atomic,
         under the file's lock; a corrupt file or sidecar stops it before anything is written."""
         from .baseline_samples import read_rounds_file, sidecar_path, write_rounds_file
 
-        path = self.path_for(target)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        side = sidecar_path(path)
-        with lock_for(path, timeout=120):
-            entries = self._read(path)
+        side = sidecar_path(self.path_for(target))
+
+        def write_samples() -> None:
             samples = read_rounds_file(side, self.hardware)
-            old = entries.get(test_id)
-            entries[test_id] = dict(entry)
             samples[test_id] = rounds
             write_rounds_file(side, self.hardware, target, samples)
-            atomic_write_json(path, {"schema": SCHEMA_STATS, "hardware": self.hardware, "target": target,
-                                      "entries": dict(sorted(entries.items()))})
-        change = BaselineChange(path, test_id, flat_values(old) if old is not None else None, flat_values(entry))
-        self.changes.append(change)
-        self.used.add((target, test_id))
-        return change
+
+        return self._write(target, test_id, entry, write_samples)
+
+    def _write(self, target: str, test_id: str, entry: Mapping[str, Any],
+               before_write: Callable[[], None] | None = None) -> EntryChange:
+        def header(entries: dict[str, Any]) -> dict[str, Any]:
+            schema = SCHEMA_STATS if any(is_statistical(e) for e in entries.values()) else SCHEMA
+            return {"schema": schema, "hardware": self.hardware, "target": target}
+
+        return write_entry(self.path_for(target), test_id, entry, ledger=self.ledger, read=self._read,
+                           header=header, summary=flat_values, before_write=before_write)
 
     def rounds(self, target: str, test_id: str) -> list[dict[str, Any]]:
         """The stored rounds of a statistical entry, from the sidecar; a missing or corrupt one is an error."""
@@ -211,10 +194,8 @@ class BaselineStore:
         out = []
         for target in targets:
             path = self.path_for(target)
-            for test_id in sorted(self._read(path)):
-                in_scope = test_id.split("::", 1)[0] in modules
-                if in_scope and test_id not in known_test_ids and (target, test_id) not in self.used:
-                    out.append((path, test_id))
+            used = self.ledger.used_in(path) | known_test_ids
+            out += [(path, t) for t in unused_ids(self._read(path), used, lambda t: t.split("::", 1)[0] in modules)]
         return out
 
     def _read(self, path: Path) -> dict[str, dict[str, float]]:

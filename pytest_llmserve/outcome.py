@@ -219,7 +219,7 @@ class LoadOutcome:
     def assert_slo(self, **limits: Any) -> SloReport:
         """Fail the test with the verdict table when a limit, the baseline or run validity says so."""
         report = self.evaluate(**limits)
-        self.session.results.append(
+        self.session.record(
             ResultEntry(self.nodeid, self.target.name, "slo", report.passed, report.render(),
                         {"metrics": self.metrics, "result": self.result.to_dict(), "context": list(report.context),
                          "optimisations": self.optimisations.to_dict() if self.optimisations else None,
@@ -231,7 +231,7 @@ class LoadOutcome:
         if self.item is not None:
             self.item.user_properties.extend(junit_properties(self.target.name, report))
         if not report.passed and self.session.report_md is not None and self.comparisons and self.measurement:
-            self.session.ecdf_samples[self.nodeid] = self._ecdf_samples()
+            self.session.keep_ecdf(self.nodeid, self._ecdf_samples())
         if not report.passed:
             pytest.fail(report.render(), pytrace=False)
         return report

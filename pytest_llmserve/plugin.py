@@ -57,7 +57,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     state = get_session(config)
-    state.collected_ids.update(baseline_id(item) for item in items)  # the ids baseline entries use
+    state.note_collected(baseline_id(item) for item in items)  # the ids baseline entries use
     for item in items:
         for marker in item.iter_markers("slo"):
             if marker.args:

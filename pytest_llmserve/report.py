@@ -1,4 +1,4 @@
-"""Session-end output: terminal summary, baseline changes, unused baselines, JSON and Markdown files."""
+"""Session-end output: terminal summary, store changes, unused store entries, JSON and Markdown files."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .baselines import BaselineChange
+from .entry_store import EntryChange
 from .session import LlmserveSession, ResultEntry
 
 
 ROW_HEAD = ("", "target", "test", "metric", "measured", "limit", "baseline", "vs baseline", "verdict")
+UNUSED_BASELINES = "unused baseline entries (no collected test uses them; delete them or restore the test)"
+UNUSED_REFERENCES = ("unused accuracy reference entries (their file and precision were checked, their task was not; "
+                     "delete them or restore the task)")
 _BAD = ("FAIL", "regression", "missing", "fail", "inconclusive", "not measurable")
 
 
@@ -83,7 +86,7 @@ def format_table(head: tuple[str, ...], rows: list[tuple[str, ...]], numeric: tu
             for r in [head, *rows]]
 
 
-def change_lines(change: BaselineChange) -> list[str]:
+def change_lines(change: EntryChange) -> list[str]:
     """`metric: old -> new (+x.x %)` for each metric that moved; unchanged ones counted, not listed."""
     lines, same = [], 0
     for metric, new in change.new.items():
@@ -91,7 +94,7 @@ def change_lines(change: BaselineChange) -> list[str]:
         if old == new:
             same += 1
             continue
-        rel = f" ({(new - old) / abs(old):+.1%})" if isinstance(old, (int, float)) and old else ""
+        rel = f" ({(new - old) / abs(old):+.1%})" if _number(old) and old and _number(new) else ""
         lines.append(f"{metric}: {'(new)' if old is None else old} -> {new}{rel}")
     removed = sorted(set(change.old or {}) - set(change.new))
     lines += [f"{metric}: {change.old[metric]} -> (removed)" for metric in removed]  # type: ignore[index]
@@ -100,12 +103,24 @@ def change_lines(change: BaselineChange) -> list[str]:
     return lines
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def file_label(state: LlmserveSession, path: Path) -> str:
+    """A store file as the change list names it: `t.json` for baselines, `accuracy/m.json` for references."""
+    try:
+        return path.relative_to(state.store.root / state.store.hardware).as_posix()
+    except ValueError:
+        return path.name
+
+
 def terminal_summary(reporter: Any, state: LlmserveSession) -> None:
     """One section: a combined table of every check (details with -v), baseline changes, unused, leftovers."""
     if state.xdist_worker is not None:
         return  # the xdist controller prints the merged summary
-    unused = unused_baselines(state)
-    if not (state.results or state.store.changes or state.leftovers or unused or state.pool.probed):
+    unused, unused_refs = unused_baselines(state), unused_accuracy_references(state)
+    if not (state.results or state.store.changes or state.leftovers or unused or unused_refs or state.pool.probed):
         return
     reporter.write_sep("=", "llmserve summary")
     reporter.write_line(f"hardware: {state.hardware.label} ({state.hardware.label_source}); "
@@ -129,15 +144,15 @@ def terminal_summary(reporter: Any, state: LlmserveSession) -> None:
         reporter.write_line("")
         reporter.write_line("baselines updated (old -> new):")
         for change in state.store.changes:
-            reporter.write_line(f"  {change.path.name} {change.test_id}")
+            reporter.write_line(f"  {file_label(state, change.path)} {change.test_id}")
             for line in change_lines(change):
                 reporter.write_line(f"    {line}")
-    if unused:
-        reporter.write_line("")
-        reporter.write_line(f"{len(unused)} unused baseline entries (no collected test uses them; delete them or "
-                            "restore the test):")
-        for path, test_id in unused:
-            reporter.write_line(f"  {path}: {test_id}")
+    for found, what in ((unused, UNUSED_BASELINES), (unused_refs, UNUSED_REFERENCES)):
+        if found:
+            reporter.write_line("")
+            reporter.write_line(f"{len(found)} {what}:")
+            for path, entry_id in found:
+                reporter.write_line(f"  {path}: {entry_id}")
     for name, pids in state.leftovers.items():
         reporter.write_line(f"llmserve: WARNING server {name!r} left processes {pids} running after teardown",
                             red=True)
@@ -147,6 +162,16 @@ def unused_baselines(state: LlmserveSession) -> list[tuple[Path, str]]:
     """Stored entries for the selected targets whose test is gone from the collected modules."""
     try:
         return state.store.unused([t.name for t in state.selected], state.collected_ids)
+    except Exception:  # noqa: BLE001 - a corrupt file is reported by the test that reads it
+        return []
+
+
+def unused_accuracy_references(state: LlmserveSession) -> list[tuple[Path, str]]:
+    """Stored accuracy references of a file and precision this run checked, whose task it did not check."""
+    from .accuracy_refs import unused_references
+
+    try:
+        return unused_references(state.store)
     except Exception:  # noqa: BLE001 - a corrupt file is reported by the test that reads it
         return []
 
@@ -170,6 +195,7 @@ def write_reports(state: LlmserveSession) -> None:
                 {"file": str(c.path), "test_id": c.test_id, "old": c.old, "new": c.new} for c in state.store.changes
             ],
             "unused_baselines": [{"file": str(p), "test_id": t} for p, t in unused_baselines(state)],
+            "unused_accuracy_references": [{"file": str(p), "key": k} for p, k in unused_accuracy_references(state)],
             "leftover_processes": state.leftovers,
             "servers": {name: caps.to_dict() for name, caps in state.pool.probed.items()},  # probed capabilities
             "server_failures": dict(state.pool.failures),  # start-up or probe refusals, one line each
@@ -250,11 +276,15 @@ def markdown_report(state: LlmserveSession, images: dict[str, Path] | None = Non
     if state.store.changes:
         lines += ["<details><summary>Baselines updated (old → new)</summary>", ""]
         for change in state.store.changes:
-            lines.append(f"- `{change.path.name}` `{change.test_id}`: " + "; ".join(change_lines(change)))
+            lines.append(f"- `{file_label(state, change.path)}` `{change.test_id}`: " + "; ".join(change_lines(change)))
         lines += ["", "</details>", ""]
     unused = unused_baselines(state)
     if unused:
         lines += [f"{len(unused)} unused baseline entries: " + ", ".join(f"`{t}`" for _, t in unused), ""]
+    unused_refs = unused_accuracy_references(state)
+    if unused_refs:
+        lines += [f"{len(unused_refs)} unused accuracy reference entries: "
+                  + ", ".join(f"`{file_label(state, p)}` `{k}`" for p, k in unused_refs), ""]
     for name, pids in state.leftovers.items():
         lines += [f"⚠️ server `{name}` left processes {pids} running after teardown", ""]
     for e in state.results:

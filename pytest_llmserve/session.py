@@ -43,7 +43,7 @@ class LlmserveSession:
     requests_override: int | None
     report_json: Path | None
     report_md: Path | None
-    results: list[ResultEntry] = field(default_factory=list)
+    _results: list[ResultEntry] = field(default_factory=list, init=False, repr=False)  # through record()
     collected_ids: set[str] = field(default_factory=set)
     leftovers: dict[str, list[int]] = field(default_factory=dict)
     optimisations: dict[str, Any] = field(default_factory=dict)
@@ -95,9 +95,37 @@ class LlmserveSession:
             retries_option=options.resolve(pconfig, "llmserve_retries"),
         )
 
+    @property
+    def results(self) -> tuple[ResultEntry, ...]:
+        """Every finished check so far, in the order recorded (collection order once xdist workers are merged)."""
+        return tuple(self._results)
+
+    def record(self, entry: ResultEntry) -> None:
+        """The one way a finished check enters the summary and reports."""
+        self._results.append(entry)
+
+    def merge_results(self, entries: list[ResultEntry], order: list[str]) -> None:
+        """Add checks finished elsewhere (an xdist worker), keeping all of them in collection `order`."""
+        self._results.extend(entries)
+        rank = {nodeid: i for i, nodeid in enumerate(order)}
+        self._results.sort(key=lambda e: rank.get(e.nodeid, len(rank)))
+
+    def note_collected(self, test_ids: Any) -> None:
+        """Test ids (as baseline entries spell them) that exist in this run, for unused-entry detection."""
+        self.collected_ids.update(test_ids)
+
+    def note_leftovers(self, leftovers: dict[str, list[int]], worker: str | None = None) -> None:
+        """Server processes that survived teardown, named by the xdist worker that left them when merged."""
+        for name, pids in leftovers.items():
+            self.leftovers[name if worker is None else f"{name} on {worker}"] = pids
+
+    def keep_ecdf(self, nodeid: str, samples: Any) -> None:
+        """Samples of a failing check for the Markdown report's ECDF figure."""
+        self.ecdf_samples[nodeid] = samples
+
     def shutdown(self) -> None:
         """Stop every server (whole process trees) and write the report files asked for."""
-        self.leftovers = {**self.leftovers, **self.pool.stop_all()}  # keeps those merged from xdist workers
+        self.note_leftovers(self.pool.stop_all())  # keeps those merged from xdist workers
         if self.xdist_worker is not None:
             return  # the controller writes the merged reports
         from .report import write_reports

@@ -13,13 +13,13 @@ N >= the worker count). Its predecessor's servers may outlive the crash and stil
 so the replacement gets no GPU (``CUDA_VISIBLE_DEVICES=""``) and its tests that need a server fail
 with the reason; the run is still reported, and rerunning the session reassigns GPUs.
 
-Merging: each worker sends, in ``workeroutput``, its check results, collected test ids, used
-baseline entries, baseline changes, leftover processes, probed server capabilities and start-up
-failures, and pytest-benchmark entries (one JSON string: any ``ResultEntry.data`` survives the
-trip). The controller merges them in ``pytest_testnodedown``, so its terminal summary, report files
-and unused-baseline detection see the whole run (a crashed worker sends nothing: its results are
+Merging: each worker sends, in ``workeroutput``, its check results, collected test ids, the store's
+ledger (used and changed entries of baselines and accuracy references), leftover processes, probed
+server capabilities and start-up failures, and pytest-benchmark entries (one JSON string: any
+``ResultEntry.data`` survives the trip). The controller merges them in ``pytest_testnodedown``, so
+its terminal summary, report files and unused-entry detection see the whole run (a crashed worker sends nothing: its results are
 missing, while any baseline file it wrote is complete, and collected ids still arrive from the
-others, which collect the same tests). Baseline files need no merging: ``BaselineStore.record`` is a
+others, which collect the same tests). Store files need no merging: ``entry_store.write_entry`` is a
 locked read-modify-write with an atomic rename, safe across worker processes. Only local (``popen``)
 workers get slices; with remote ``--tx`` specs each host keeps all of its GPUs.
 
@@ -36,13 +36,11 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, MutableMapping
 
 import pytest
 
 from . import benchmark_bridge
-from .baselines import BaselineChange
 from .hardware import plan_gpu_slices, select_visible
 from .servers.capabilities import Capabilities
 from .session import LlmserveSession, ResultEntry
@@ -180,9 +178,7 @@ def worker_output(state: LlmserveSession, pconfig: pytest.Config, order: list[st
         # no asdict: it deep-copies ResultEntry.data, which may hold objects json turns into text anyway
         "results": [{f.name: getattr(e, f.name) for f in dataclasses.fields(e)} for e in state.results],
         "collected_ids": sorted(state.collected_ids),
-        "used": sorted(state.store.used),
-        "changes": [{"path": str(c.path), "test_id": c.test_id, "old": c.old, "new": c.new}
-                    for c in state.store.changes],
+        **state.store.ledger.to_dict(),  # "used" and "changes" of baselines and accuracy references
         "leftovers": state.leftovers,
         "probed": {name: caps.to_dict() for name, caps in state.pool.probed.items()},
         "server_failures": state.pool.failures,
@@ -194,19 +190,13 @@ def worker_output(state: LlmserveSession, pconfig: pytest.Config, order: list[st
 def merge_worker_output(state: LlmserveSession, payload: dict[str, Any], pconfig: pytest.Config) -> None:
     """Fold one worker's output into the controller's session (results kept in collection order)."""
     worker = payload["worker"]
-    state.collected_ids.update(payload["collected_ids"])
-    state.store.used.update((target, test_id) for target, test_id in payload["used"])
-    state.store.changes.extend(
-        BaselineChange(Path(c["path"]), c["test_id"], c["old"], c["new"]) for c in payload["changes"]
-    )
-    state.store.changes.sort(key=lambda c: (str(c.path), c.test_id))
-    for name, pids in payload["leftovers"].items():
-        state.leftovers[f"{name} on {worker}"] = pids
+    state.note_collected(payload["collected_ids"])
+    state.store.ledger.merge(payload)
+    state.note_leftovers(payload["leftovers"], worker)
     for name, caps in payload["probed"].items():  # each worker probes its own server of a target
         state.pool.probed.setdefault(name, Capabilities.from_dict(caps))
     for name, message in payload["server_failures"].items():
         state.pool.failures.setdefault(name, message)
-    state.results.extend(ResultEntry(**entry) for entry in payload["results"])
-    rank = {nodeid: i for i, nodeid in enumerate(payload["order"])}  # every worker collects the same items
-    state.results.sort(key=lambda e: rank.get(e.nodeid, len(rank)))
+    # every worker collects the same items, so any worker's order ranks them all
+    state.merge_results([ResultEntry(**entry) for entry in payload["results"]], payload["order"])
     benchmark_bridge.publish(pconfig, [benchmark_bridge.LoadBenchmark.from_dict(b) for b in payload["benchmarks"]])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmserve.baselines import BaselineChange
+from pytest_llmserve.entry_store import EntryChange
 from pytest_llmserve.outcome import server_lines
 from pytest_llmserve.progress import Heartbeat, Snapshot, default_interval, format_progress
 from pytest_llmserve.report import change_lines
@@ -113,7 +113,7 @@ def test_verbose_summary_adds_every_full_table(pytester, truth_url):
 
 
 def test_baseline_change_lines_show_old_new_and_relative_change():
-    change = BaselineChange(Path("t.json"), "t::x", {"a_ms": 10.0, "b_ms": 5.0, "gone_ms": 1.0},
+    change = EntryChange(Path("t.json"), "t::x", {"a_ms": 10.0, "b_ms": 5.0, "gone_ms": 1.0},
                             {"a_ms": 12.5, "b_ms": 5.0, "c_ms": 3.0})
     assert change_lines(change) == ["a_ms: 10.0 -> 12.5 (+25.0%)", "c_ms: (new) -> 3.0", "gone_ms: 1.0 -> (removed)",
                                     "(1 metric unchanged)"]

@@ -97,12 +97,12 @@ def test_controller_merge_keeps_collection_order_usage_and_names_leftovers_by_wo
     outputs = []
     for worker, nodeids in (("gw0", ["m.py::c"]), ("gw1", ["m.py::b", "m.py::a"])):
         state = _session(tmp_path, worker)
-        state.collected_ids.update(order)
-        state.results += [ResultEntry(n, "t", "slo", True, f"table {n}", {"metrics": {"x": float("nan")}})
-                          for n in nodeids]
+        state.note_collected(order)
+        for n in nodeids:
+            state.record(ResultEntry(n, "t", "slo", True, f"table {n}", {"metrics": {"x": float("nan")}}))
         state.store.lookup("t", f"{nodeids[0]}-custom")
         state.store.record("t", nodeids[0], {"ttft_p95_ms": 1.0})
-        state.leftovers = {"t": [123]} if worker == "gw1" else {}
+        state.note_leftovers({"t": [123]} if worker == "gw1" else {})
         outputs.append(json.loads(worker_output(state, pytestconfig, order)))
     controller = _session(tmp_path)
     for payload in outputs:

@@ -23,15 +23,15 @@ def test_cuda_graphs_match_the_target_promise(request, llm_server):
     title = f"CUDA graphs {request.node.nodeid} | target {llm_server.target.name} ({llm_server.target.kind})"
     table = f"{title}\n{report.render()}"
     if requirement is None:
-        session.results.append(ResultEntry(request.node.nodeid, llm_server.target.name, "graphs", True, table,
-                                           {"optimisations": report.to_dict(), "required": None}))
+        session.record(ResultEntry(request.node.nodeid, llm_server.target.name, "graphs", True, table,
+                                   {"optimisations": report.to_dict(), "required": None}))
         pytest.skip(f"no cuda_graphs requirement for {llm_server.target.name!r} on a CPU-only machine; "
                     f"evidence says {report.graphs.state}")
     problems = requirement.failures(report.graphs)
     required = f"required: {requirement.require}" + (
         f", batch sizes {requirement.batch_sizes[0]}..{requirement.batch_sizes[-1]}" if requirement.batch_sizes else "")
     table = f"{table}\n  {required}"
-    session.results.append(ResultEntry(request.node.nodeid, llm_server.target.name, "graphs", not problems, table,
-                                       {"optimisations": report.to_dict(), "required": requirement.require}))
+    session.record(ResultEntry(request.node.nodeid, llm_server.target.name, "graphs", not problems, table,
+                               {"optimisations": report.to_dict(), "required": requirement.require}))
     if problems:
         pytest.fail(f"CUDA graphs check failed: {'; '.join(problems)}\n{report.graphs.render()}", pytrace=False)

@@ -48,8 +48,8 @@ def test_candidate_engine_matches_reference_engine(request, llm_target, llm_serv
     except (ReferenceError, ServerLogprobsError, ValueError) as exc:
         pytest.fail(f"engine equivalence {llm_target.name} vs {reference_name} could not run: {exc}", pytrace=False)
     table = run.render()
-    session.results.append(ResultEntry(request.node.nodeid, llm_target.name, "equivalence", run.report.passed,
-                                       table, run.data()))
+    session.record(ResultEntry(request.node.nodeid, llm_target.name, "equivalence", run.report.passed,
+                               table, run.data()))
     request.node.user_properties += [("llmserve.divergence_per_token", round(run.report.rate, 6)),
                                      ("llmserve.verdict", run.report.verdict)]
     if not run.report.passed:

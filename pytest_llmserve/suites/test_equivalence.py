@@ -31,7 +31,7 @@ def test_greedy_tokens_match_hf_reference(request, llm_target, llm_server):
     except (ReferenceError, ServerLogprobsError, ValueError) as exc:
         pytest.fail(f"equivalence check for target {llm_target.name!r} could not run: {exc}", pytrace=False)
     table = run.render()
-    session.results.append(ResultEntry(request.node.nodeid, llm_target.name, "equivalence",
-                                       run.report.passed, table, run.data()))
+    session.record(ResultEntry(request.node.nodeid, llm_target.name, "equivalence",
+                               run.report.passed, table, run.data()))
     if not run.report.passed:
         pytest.fail(table, pytrace=False)

@@ -73,9 +73,8 @@ def test_precision_change_keeps_accuracy(request, llm_target, llm_servers):
     baseline, candidate = llm_servers(reference_name), llm_servers(llm_target.name)
     require_capabilities(candidate, "token_id_prompts", "logprobs", suite="accuracy")
     require_capabilities(baseline, "token_id_prompts", "logprobs", suite="accuracy")
-    references = AccuracyReferences(root=session.store.root, hardware=session.hardware.label,
-                                    model=model_label(llm_target), update=session.store.update,
-                                    alpha=_number(llm_target, "accuracy_alpha", 0.05))
+    references = AccuracyReferences.in_store(session.store, model_label(llm_target),
+                                             alpha=_number(llm_target, "accuracy_alpha", 0.05))
     try:
         comparisons = compare_targets(
             baseline, candidate, tasks,
@@ -91,7 +90,7 @@ def test_precision_change_keeps_accuracy(request, llm_target, llm_servers):
     for comp in comparisons:
         table = comp.render()
         tables.append(table)
-        session.results.append(ResultEntry(request.node.nodeid, llm_target.name, "accuracy", comp.passed, table, comp.data()))
+        session.record(ResultEntry(request.node.nodeid, llm_target.name, "accuracy", comp.passed, table, comp.data()))
     report = "\n\n".join(tables)
     print(report)
     failed = [c.task.name + (" (inconclusive)" if c.gate.verdict == "inconclusive" else "")

@@ -60,8 +60,8 @@ def test_candidate_is_not_slower_than_incumbent(request, llm_target, llm_servers
     except ValueError as exc:
         pytest.fail(f"promotion {llm_target.name} vs {incumbent_name}: {exc}", pytrace=False)
     table = ab.render()
-    session.results.append(ResultEntry(request.node.nodeid, llm_target.name, "promotion", ab.verdict in
-                                       ("pass", "improvement"), table, {**ab.to_dict(), "rows": ab.rows()}))
+    session.record(ResultEntry(request.node.nodeid, llm_target.name, "promotion", ab.verdict in
+                               ("pass", "improvement"), table, {**ab.to_dict(), "rows": ab.rows()}))
     request.node.user_properties += [("llmserve.target", llm_target.name), ("llmserve.incumbent", incumbent_name),
                                      ("llmserve.verdict", ab.verdict)]
     request.node.user_properties += [(f"llmserve.{c.metric}.change", round(c.change.estimate, 4))
