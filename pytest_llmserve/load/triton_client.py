@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from .check import evaluate
 from .records import RequestRecord
-from .result import RunResult
+from .result import MatchedWork, RunResult, invalid_reasons
 from .schedule import arrival_offsets
 from .spec import CheckLimits, LoadSpec
 from .sse import SSEFramer
@@ -41,6 +41,10 @@ from .triton_protocol import (
     request_fields,
 )
 
+
+# one streamed response per generation step; TensorRT-LLM forces the length with min_tokens and end_id
+_MATCHED = MatchedWork(counted="stream exactly", unit="token responses",
+                       hint="check min_tokens/min_length and end_id reach the tensorrt_llm model")
 
 
 @dataclass
@@ -63,20 +67,11 @@ class TritonLoadResult:
         shard = SimpleNamespace(loop_lag_ns=[], read_lag_ns=[], send_lag_ns=send_lag, turnaround_ns=[],
                                 kernel_timestamps=False, reconnects=0)
         check = evaluate([shard], self.summary, spec, limits or CheckLimits())
-        reasons = list(check.reasons)
-        s = self.summary
-        if s.requests and s.completed == 0:
-            first = next((r for r in self.records if not r.warmup and not r.ok), None)
-            reasons.append(f"all {s.requests} requests failed ({', '.join(f'{k} x{n}' for k, n in s.errors.items())})"
-                           + (f"; first: {first.error_message}" if first and first.error_message else ""))
-        if s.token_mismatches:
-            reasons.append(f"{s.token_mismatches} of {s.completed} responses did not stream exactly output_len="
-                           f"{spec.output_len} token responses ({'; '.join(s.mismatch_examples)}): the work is not "
-                           "matched; check min_tokens/min_length and end_id reach the tensorrt_llm model")
+        reasons = invalid_reasons(check, self.summary, self.records, spec, matched=_MATCHED)
         if self.stream_errors:
             reasons.append(f"{len(self.stream_errors)} gRPC stream errors could not be tied to a request; "
                            f"first: {self.stream_errors[0][:200]}")
-        return RunResult(spec=spec, records=self.records, summary=s, client_check=check, valid=not reasons,
+        return RunResult(spec=spec, records=self.records, summary=self.summary, client_check=check, valid=not reasons,
                          invalid_reasons=reasons)
 
 
