@@ -35,7 +35,7 @@ from .checks.promotion import (
     parse_statistic,
     promote,
 )
-from .load import ClientOptions, LoadSpec, RunResult, run_load
+from .load import ClientOptions, LoadSpec, RunResult
 from .load.fit import fit_load
 from .live_run import LiveEndpoint, Runner, run_watched
 from .progress import Emit
@@ -327,10 +327,10 @@ def _one_round(arm: Arm, samples: ArmSamples, spec: LoadSpec, k: int, *, options
                server_metrics: bool = True, capabilities: Any = None, explicit: Sequence[str] = ()) -> None:
     round_spec = dataclasses.replace(spec, seed=spec.seed + k)  # both sides of a round get the same prompts
     fitted = fit_load(round_spec, capabilities, explicit)  # endpoint, prompt form, matched work: as both accept
-    base = runner or (lambda url, model, s: run_load(url, model, s, options=options))
     label = f"promote {arm.name} round {k + 1}"
-    result, summary = run_watched(arm, fitted.spec, lambda url, model, s: fitted.check(base(url, model, s)), label,
-                                  emit=emit, interval_s=interval_s, server_metrics=server_metrics)
+    result, summary = run_watched(arm, fitted.spec, label, options=options, runner=runner, emit=emit,
+                                  interval_s=interval_s, server_metrics=server_metrics)
+    result = fitted.check(result)
     samples.add(result, k + 1, summary)
     if emit is not None:
         s = result.summary

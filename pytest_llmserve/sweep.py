@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .baselines import higher_is_better
-from .load import ClientOptions, LoadSpec, RunResult, run_load
+from .load import ClientOptions, LoadSpec, RunResult
 from .load.fit import FittedLoad, fit_load
 from .live_run import LiveEndpoint, Runner, run_watched
 from .progress import Emit
@@ -283,7 +283,6 @@ def run_sweep(targets: Sequence[SweepTarget], concurrencies: Sequence[int], *, r
         raise ValueError(f"target names must be unique, got {[t.name for t in targets]}")
     if repeats < 1:
         raise ValueError(f"repeats={repeats!r} must be >= 1")
-    run = runner or (lambda url, model, spec: run_load(url, model, spec, options=options))
     points, total, k = [], len(levels) * repeats * len(targets), 0
     fitted: FittedLoad | None = None
     for li, c in enumerate(levels):
@@ -296,7 +295,8 @@ def run_sweep(targets: Sequence[SweepTarget], concurrencies: Sequence[int], *, r
             shift = (li + r) % len(targets)
             for t in [*targets[shift:], *targets[:shift]]:
                 k += 1
-                points.append(_one_run(t, c, r, fitted, run, emit, interval_s, f"({k}/{total})", server_metrics))
+                points.append(_one_run(t, c, r, fitted, f"({k}/{total})", options=options, runner=runner,
+                                       emit=emit, interval_s=interval_s, server_metrics=server_metrics))
     assert fitted is not None
     work = {"requests_per_level": requests_per_level, "warmup": "min(c, 8)" if warmup is None else warmup,
             "input_len": input_len, "output_len": output_len, "endpoint": fitted.spec.endpoint,
@@ -305,11 +305,12 @@ def run_sweep(targets: Sequence[SweepTarget], concurrencies: Sequence[int], *, r
     return SweepResult(tuple(targets), levels, tuple(points), work, hardware)
 
 
-def _one_run(t: SweepTarget, c: int, r: int, fitted: FittedLoad, run: Runner, emit: Emit | None, interval_s: float,
-             counter: str, server_metrics: bool) -> SweepPoint:
+def _one_run(t: SweepTarget, c: int, r: int, fitted: FittedLoad, counter: str, *, options: ClientOptions | None,
+             runner: Runner | None, emit: Emit | None, interval_s: float, server_metrics: bool) -> SweepPoint:
     label = f"sweep {t.name} c={c}" + (f" run {r + 1}" if r else "") + f" {counter}"
-    result, summary = run_watched(t, fitted.spec, lambda url, model, s: fitted.check(run(url, model, s)), label,
-                                  emit=emit, interval_s=interval_s, server_metrics=server_metrics)
+    result, summary = run_watched(t, fitted.spec, label, options=options, runner=runner, emit=emit,
+                                  interval_s=interval_s, server_metrics=server_metrics)
+    result = fitted.check(result)
     point = point_from_result(t.name, c, r, result, summary)
     if emit is not None:
         s = result.summary

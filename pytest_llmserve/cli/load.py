@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..load import ClientOptions, LoadSpec, RunResult, load_prompts, run_load
+from ..drive import drive
+from ..load import ClientOptions, LoadSpec, RunResult, load_prompts
 from ..load.fit import fit_load
 from ..servers.capabilities import CapabilityError
 
@@ -176,7 +177,7 @@ def run(a: argparse.Namespace) -> int:
         options = ClientOptions(kernel_timestamps=not a.no_kernel_timestamps, uvloop=not a.no_uvloop,
                                 gc_freeze=not a.no_gc_freeze, http_parser=a.http_parser, workers=a.workers,
                                 headers=headers, warm_path=caps.warm_path)
-        result = fitted.check(run_load(a.url, model, fitted.spec, options=options))
+        result = fitted.check(drive(a.url, model, fitted.spec, options))
     except CapabilityError as exc:
         print(f"llmserve load: {exc}", file=sys.stderr)
         return 2
