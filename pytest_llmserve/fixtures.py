@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 from typing import Any, Callable, NoReturn
 
 import pytest
 
 from . import benchmark_bridge
-from .config import ConfigError, Target, parse_cpu_list
+from .config import ConfigError, Target
 from .baseline_ids import baseline_id
 from .baseline_samples import check_shape
 from .baselines import BaselineError, is_statistical
-from .load import CheckLimits, ClientOptions, LoadProgress, LoadSpec, RunResult
+from .drive import client_count, drive_server, start_metrics
+from .load import LoadProgress, LoadSpec, RunResult
 from .load.fit import FittedLoad, fit_load
 from .load.trace import TraceReplay
 from .load.workloads import Workload, workload
 from .measure import Planner, baseline_rounds, measure, merge_results, plan_mode
 from .outcome import LoadOutcome
-from .progress import Heartbeat, Snapshot, pytest_emitter
+from .progress import Heartbeat, pytest_emitter
 from .server_info import CacheReset, max_model_len, reset_prefix_cache
-from .server_metrics import MetricsSampler
 from .servers.base import HostUnsupported, ServerError, ServerHandle
-from .servers.registry import backend_for
 from .session import get_session
 
 
@@ -125,11 +122,11 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
         # no /metrics polling from this process during the run: it stalls the client (measured); the
         # client's own count of finished requests instead (None with several client processes)
         counted = LoadProgress()
-        status = lambda: Snapshot(done=counted.done) if counted.live else None  # noqa: E731
+        status = client_count(counted)
         with Heartbeat(pytest_emitter(request.config), f"{llm_server.target.name} {shape}", status=status,
                        total=spec.warmup + spec.requests if spec.requests else None):
             try:
-                return fitted.check(_run(llm_server, spec, counted))
+                return fitted.check(drive_server(llm_server, spec, counted))
             except Exception:  # a client error from a server that died: its exit and log are the cause
                 if not llm_server.alive():
                     _fail_with_death(llm_server)
@@ -152,7 +149,7 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
         if mode == "record" and not sequential:
             mode = "repeat"
         planner = Planner(gate, mode, session.repeats(gate), baseline)
-        sampler = MetricsSampler(llm_server.metrics_url).start() if llm_server.metrics_url else None
+        sampler = start_metrics(llm_server.metrics_url)
         try:
             m = measure(lambda i: one(fitted, spec if i == 0 else dataclasses.replace(spec, warmup=0)), planner,
                         session.retries(gate), llm_server.alive)
@@ -228,61 +225,3 @@ def _fail_with_death(server: ServerHandle) -> None:
         server.ensure_alive()
     except ServerError as exc:
         _fail_once(str(exc))
-
-
-def _run(server: ServerHandle, spec: LoadSpec, progress: LoadProgress | None = None) -> RunResult:
-    """Run the load, with the client pinned to the target's `client_cpus` while it runs."""
-    if not server.target.client_cpus:
-        return _run_client(server, spec, progress)
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, parse_cpu_list(server.target.client_cpus))
-    try:
-        return _run_client(server, spec, progress)
-    finally:
-        os.sched_setaffinity(0, before)
-
-
-def _run_client(server: ServerHandle, spec: LoadSpec, progress: LoadProgress | None = None) -> RunResult:
-    """One policy for every kind; the backend runs the client that speaks its protocol (OpenAI streaming, or
-    Triton's gRPC / generate_stream)."""
-    options = client_options(server.target, spec)
-    if server.capabilities is not None:
-        options = dataclasses.replace(options, warm_path=server.capabilities.warm_path)
-    return backend_for(server.target.kind).run_load(server, spec, options, progress)
-
-
-SERVER_CORES = 2  # kept for an unpinned server: vLLM's API server and engine core each keep one busy
-
-# One client core kept 512 streams at 10 ms ITL (51k chunks/s) valid and exact (benchmarks/fidelity);
-# half that per process leaves room for faster servers.
-STREAMS_PER_WORKER = 256
-
-
-def client_options(target: Target, spec: LoadSpec | None = None, *, available: set[int] | None = None) -> ClientOptions:
-    """The target's `client` table: self-check limits and client processes for this server.
-
-    Without `client.workers`, the client uses one process per STREAMS_PER_WORKER streams, at most one
-    per core of `client_cpus`, or, when none are given, per free core: the cores this process may
-    run on (`available`, default its affinity) less the server's `cpus` (or SERVER_CORES when it is
-    not pinned) and one for pytest itself. A 2-core box thus gets one process; a 16-core GPU runner
-    several, as its 512-stream runs needed.
-    """
-    limits = {k: float(v) for k, v in target.client.items() if k != "workers"}
-    if "workers" in target.client:
-        workers = int(target.client["workers"])
-    else:
-        cores = len(parse_cpu_list(target.client_cpus)) if target.client_cpus else free_cores(target, available)
-        streams = (spec.concurrency or 1) if spec is not None else 1
-        workers = max(1, min(cores, math.ceil(streams / STREAMS_PER_WORKER)))
-    return ClientOptions(limits=CheckLimits(**limits), workers=workers)
-
-
-def free_cores(target: Target, available: set[int] | None = None) -> int:
-    """Cores the load client may take when `client_cpus` is unset (at least 1)."""
-    cores = set(os.sched_getaffinity(0) if available is None else available)
-    if target.cpus:
-        cores -= set(parse_cpu_list(target.cpus))
-        reserved = 0
-    else:
-        reserved = SERVER_CORES
-    return max(1, len(cores) - reserved - 1)

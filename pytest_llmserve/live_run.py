@@ -1,7 +1,8 @@
 """One load run against a live endpoint, watched: server /metrics sampled and a heartbeat while it runs.
 
 Shared by the concurrency sweep (sweep.py) and the promotion gate (promotion_run.py), whose runs
-differ only in their labels and in what they keep of the result.
+differ only in their labels and in what they keep of the result. The run itself, the metrics
+sampling (out of process) and the progress count follow drive.py, as the pytest fixture's do.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from .load import LoadSpec, RunResult
-from .progress import Emit, Heartbeat, ServerRequestCounter
+from .drive import client_count, drive, start_metrics
+from .load import ClientOptions, LoadProgress, LoadSpec, RunResult
+from .progress import Emit, Heartbeat
 
 if TYPE_CHECKING:
     from .server_metrics import MetricsSummary
 
-Runner = Callable[[str, str, LoadSpec], RunResult]  # (url, model, spec) -> result; run_load by default
+Runner = Callable[[str, str, LoadSpec], RunResult]  # (url, model, spec) -> result; drive.drive by default
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,19 +30,20 @@ class LiveEndpoint:
     metrics_url: str | None = None
 
 
-def run_watched(endpoint: LiveEndpoint, spec: LoadSpec, run: Runner, label: str, *, emit: Emit | None,
-                interval_s: float, server_metrics: bool) -> tuple[RunResult, MetricsSummary | None]:
-    """Run `spec` on `endpoint`, sampling its /metrics (when asked and known) with a heartbeat line."""
-    sampler = None
-    if server_metrics and endpoint.metrics_url:
-        from .server_metrics import MetricsSampler
-
-        sampler = MetricsSampler(endpoint.metrics_url, interval_s=1.0).start()
-    status = ServerRequestCounter(endpoint.metrics_url) if emit is not None and endpoint.metrics_url else None
+def run_watched(endpoint: LiveEndpoint, spec: LoadSpec, label: str, *, options: ClientOptions | None = None,
+                runner: Runner | None = None, emit: Emit | None, interval_s: float,
+                server_metrics: bool) -> tuple[RunResult, MetricsSummary | None]:
+    """Run `spec` on `endpoint` (through `runner` when given), sampling its /metrics when asked and known,
+    with a heartbeat line counting the client's finished requests."""
+    sampler = start_metrics(endpoint.metrics_url if server_metrics else None)
+    counted = LoadProgress()
     try:
-        with Heartbeat(emit, label, total=spec.warmup + (spec.requests or 0), interval_s=interval_s,
-                       status=status, source="server count"):
-            result = run(endpoint.url, endpoint.model, spec)
+        with Heartbeat(emit, label, total=spec.warmup + spec.requests if spec.requests else None,
+                       interval_s=interval_s, status=client_count(counted)):
+            if runner is not None:
+                result = runner(endpoint.url, endpoint.model, spec)
+            else:
+                result = drive(endpoint.url, endpoint.model, spec, options, progress=counted)
     finally:
         summary = sampler.stop() if sampler is not None else None
     return result, summary

@@ -8,25 +8,21 @@
     # -> "llmserve: tiny-vllm c=16 120/256 requests, 12.3 s, ~14 s left"
 
 Why a thread: the load client takes no callbacks on its hot path; it only counts finished requests
-(`LoadProgress`, in-process clients), and a heartbeat thread reads that count, or a `status` callable
-such as `ServerRequestCounter` (the server's own finished-request counter), every interval. With a
-total and a count, the line estimates the time left at the pace so far.
+(`LoadProgress`, in-process clients), and a heartbeat thread reads that count (a `status` callable,
+drive.client_count) every interval. Nothing polls the server's /metrics from the client's process: that
+stalls the client (server_metrics.MetricsSampler). With a total and a count, the line estimates the
+time left at the pace so far.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import sys
 import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
-
-import httpx
-
-from .servers.probes import NOT_READY_ERRORS
 
 Emit = Callable[[str], None]
 _EMIT_LOCK = threading.Lock()  # the heartbeat thread and the main thread may both write
@@ -167,33 +163,3 @@ class Heartbeat:
             assert self.emit is not None
             self.emit(self.line())
             self.lines += 1
-
-
-_COUNTER = re.compile(r"^vllm:request_success_total(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.M)
-
-
-class ServerRequestCounter:
-    """Requests finished so far, from vLLM's `vllm:request_success_total` on /metrics (since creation).
-
-    The server's own count, so it includes warm-up requests and anything else sent to it; labelled
-    "server count" in the line. None when the server exposes no such counter (then only time is shown).
-    """
-
-    def __init__(self, metrics_url: str, timeout_s: float = 1.0) -> None:
-        self.url = metrics_url
-        self.timeout_s = timeout_s
-        self.start = self._read()
-
-    def _read(self) -> float | None:
-        try:
-            text = httpx.get(self.url, timeout=self.timeout_s).text
-        except NOT_READY_ERRORS:
-            return None
-        values = [float(v) for v in _COUNTER.findall(text)]
-        return sum(values) if values else None
-
-    def __call__(self) -> Snapshot | None:
-        if self.start is None:
-            return None
-        now = self._read()
-        return None if now is None else Snapshot(done=int(now - self.start))

@@ -15,22 +15,17 @@ repeated runs (a Welch interval over repeats), percentile latencies use a bootst
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Mapping, NoReturn, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .baselines import higher_is_better
-from .load import ClientOptions, LoadSpec, RunResult, run_load
+from .load import ClientOptions, LoadSpec, RunResult
 from .load.fit import FittedLoad, fit_load
 from .live_run import LiveEndpoint, Runner, run_watched
 from .progress import Emit
-from .servers.capabilities import Capabilities, CapabilityError, common, parse_override_args, probe_url
 from .stats import Interval, bootstrap_percentile_diff_ci, welch_relative_mean_diff_ci
 
 POINT_METRICS = ("output_tok_s", "requests_s", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "tpot_p50_ms",
@@ -288,7 +283,6 @@ def run_sweep(targets: Sequence[SweepTarget], concurrencies: Sequence[int], *, r
         raise ValueError(f"target names must be unique, got {[t.name for t in targets]}")
     if repeats < 1:
         raise ValueError(f"repeats={repeats!r} must be >= 1")
-    run = runner or (lambda url, model, spec: run_load(url, model, spec, options=options))
     points, total, k = [], len(levels) * repeats * len(targets), 0
     fitted: FittedLoad | None = None
     for li, c in enumerate(levels):
@@ -301,7 +295,8 @@ def run_sweep(targets: Sequence[SweepTarget], concurrencies: Sequence[int], *, r
             shift = (li + r) % len(targets)
             for t in [*targets[shift:], *targets[:shift]]:
                 k += 1
-                points.append(_one_run(t, c, r, fitted, run, emit, interval_s, f"({k}/{total})", server_metrics))
+                points.append(_one_run(t, c, r, fitted, f"({k}/{total})", options=options, runner=runner,
+                                       emit=emit, interval_s=interval_s, server_metrics=server_metrics))
     assert fitted is not None
     work = {"requests_per_level": requests_per_level, "warmup": "min(c, 8)" if warmup is None else warmup,
             "input_len": input_len, "output_len": output_len, "endpoint": fitted.spec.endpoint,
@@ -310,134 +305,15 @@ def run_sweep(targets: Sequence[SweepTarget], concurrencies: Sequence[int], *, r
     return SweepResult(tuple(targets), levels, tuple(points), work, hardware)
 
 
-def _one_run(t: SweepTarget, c: int, r: int, fitted: FittedLoad, run: Runner, emit: Emit | None, interval_s: float,
-             counter: str, server_metrics: bool) -> SweepPoint:
+def _one_run(t: SweepTarget, c: int, r: int, fitted: FittedLoad, counter: str, *, options: ClientOptions | None,
+             runner: Runner | None, emit: Emit | None, interval_s: float, server_metrics: bool) -> SweepPoint:
     label = f"sweep {t.name} c={c}" + (f" run {r + 1}" if r else "") + f" {counter}"
-    result, summary = run_watched(t, fitted.spec, lambda url, model, s: fitted.check(run(url, model, s)), label,
-                                  emit=emit, interval_s=interval_s, server_metrics=server_metrics)
+    result, summary = run_watched(t, fitted.spec, label, options=options, runner=runner, emit=emit,
+                                  interval_s=interval_s, server_metrics=server_metrics)
+    result = fitted.check(result)
     point = point_from_result(t.name, c, r, result, summary)
     if emit is not None:
         s = result.summary
         emit(f"llmserve: {label} done: {s.completed}/{s.requests} ok, {s.output_tok_s:,.0f} tok/s, TTFT p95 "
              f"{point.metrics['ttft_p95_ms']:.1f} ms, {s.duration_s:.1f} s" + ("" if result.valid else " (INVALID)"))
     return point
-
-
-# ---------------------------------------------------------------------- command line (`llmserve sweep`)
-def first_model(url: str) -> str:
-    """The first model id of GET /v1/models, or a ValueError saying to pass --model."""
-    import httpx
-
-    base = url.rstrip("/").removesuffix("/v1")
-    try:
-        data = httpx.get(f"{base}/v1/models", timeout=10.0).raise_for_status().json().get("data") or []
-    except (httpx.HTTPError, ValueError) as exc:
-        raise ValueError(f"cannot list models at {base}/v1/models ({exc}); is the server up? or pass --model") from None
-    ids = [m["id"] for m in data if isinstance(m, dict) and "id" in m]
-    if not ids:
-        raise ValueError(f"{base}/v1/models lists no model; pass --model NAME")
-    return ids[0]
-
-
-def probe_endpoints(endpoints: Sequence[LiveEndpoint], overrides: Sequence[str]) -> dict[str, Capabilities]:
-    """Each endpoint's probed capabilities (with `--capability` overrides), before any load runs."""
-    table = parse_override_args(list(overrides))
-    return {e.name: probe_url(e.url.rstrip("/").removesuffix("/v1"), e.model, overrides=table) for e in endpoints}
-
-
-def metrics_url_for(url: str) -> str:
-    return url.rstrip("/").removesuffix("/v1") + "/metrics"
-
-
-class UsageExit(Exception):
-    """Bad arguments: the CLI prints the message and exits 3 (0-2 carry verdicts)."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse exits 2 on bad arguments, which `llmserve promote` uses for "inconclusive"; raise instead."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageExit(f"{message} (see --help)")
-
-
-def parse_levels(text: str) -> list[int]:
-    try:
-        levels = [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise UsageExit(f"--concurrency {text!r}: give integers separated by commas, e.g. 1,2,4,8") from None
-    if not levels or min(levels) < 1:
-        raise UsageExit(f"--concurrency {text!r}: every level must be >= 1")
-    return levels
-
-
-def parse_named(items: Sequence[str], flag: str) -> dict[str, str]:
-    """NAME=VALUE pairs; a bare VALUE gets the name '' (meaning: every target)."""
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep:
-            name, value = "", item
-        elif not value or "://" in name:
-            raise UsageExit(f"{flag} {item!r}: use NAME=VALUE, e.g. {flag} vllm=http://127.0.0.1:8000")
-        out[name] = value
-    return out
-
-
-def main(argv: Sequence[str]) -> int:
-    """`llmserve sweep`: exit 0 when every run was valid, 1 when some were not, 3 when it could not run."""
-    from .progress import print_emitter
-
-    p = Parser(prog="llmserve sweep", description="Throughput/latency vs concurrency for one or "
-                                "more targets with matched work; writes sweep.json, sweep.md and sweep.png.")
-    p.add_argument("--url", action="append", required=True, metavar="NAME=URL", help="a target (repeatable)")
-    p.add_argument("--model", action="append", default=[], metavar="[NAME=]MODEL",
-                   help="model to request (default: the first of GET /v1/models)")
-    p.add_argument("--concurrency", required=True, help="levels, e.g. 1,2,4,8,16,32")
-    p.add_argument("--requests-per-level", type=int, default=64, help="measured requests per target and level")
-    p.add_argument("--input-len", type=int, default=64)
-    p.add_argument("--output-len", type=int, default=64)
-    p.add_argument("--warmup", type=int, help="warm-up requests per run (default min(c, 8))")
-    p.add_argument("--repeats", type=int, default=1, help="runs per level (>= 2 lets crossovers be tested against noise)")
-    p.add_argument("--endpoint", choices=("completions", "chat"),
-                   help="default: completions, or chat where a target has no completions endpoint")
-    p.add_argument("--no-ignore-eos", action="store_true",
-                   help="do not force matched work (ignore_eos, min_tokens); for servers that reject them")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1, help="load-client processes (use spare cores only)")
-    p.add_argument("--no-server-metrics", action="store_true", help="do not scrape <url>/metrics during runs")
-    p.add_argument("--capability", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a probed capability of every target, e.g. token_id_prompts=false (repeatable)")
-    p.add_argument("--hardware", default="", help="label shown in the plot and tables")
-    p.add_argument("--title", help="plot title")
-    p.add_argument("--out", default="llmserve-sweep", help="output directory (default: llmserve-sweep)")
-    p.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress lines")
-    p.add_argument("--quiet", action="store_true", help="no progress lines, no table on stdout")
-    try:
-        a = p.parse_args(list(argv))
-        urls, models = parse_named(a.url, "--url"), parse_named(a.model, "--model")
-        levels = parse_levels(a.concurrency)  # usage errors before any server is asked anything
-        targets = [SweepTarget(name or f"target{i + 1}", url, models.get(name) or models.get("") or first_model(url),
-                               None if a.no_server_metrics else metrics_url_for(url))
-                   for i, (name, url) in enumerate(urls.items())]
-        caps = probe_endpoints(targets, a.capability)
-        targets = [t if caps[t.name].metrics else SweepTarget(t.name, t.url, t.model, None) for t in targets]
-        result = run_sweep(targets, levels, requests_per_level=a.requests_per_level,
-                           input_len=a.input_len, output_len=a.output_len, warmup=a.warmup, repeats=a.repeats,
-                           endpoint=a.endpoint, ignore_eos=not a.no_ignore_eos, seed=a.seed, options=ClientOptions(workers=a.workers),
-                           emit=None if a.quiet else print_emitter(), interval_s=a.progress_interval,
-                           hardware=a.hardware, capabilities=common(list(caps.values())))
-    except (UsageExit, ValueError, ConnectionError, OSError, CapabilityError) as exc:
-        print(f"llmserve sweep: {exc}", file=sys.stderr)
-        return 3
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
-    md = result.markdown()
-    (out / "sweep.md").write_text(md)
-    from .plots import save_sweep_png
-
-    save_sweep_png(result, out / "sweep.png", title=a.title)
-    if not a.quiet:
-        print(md)
-        print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'sweep.png'}")
-    return 0 if all(pt.valid for pt in result.points) else 1

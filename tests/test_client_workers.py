@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_llmserve.config import Target
-from pytest_llmserve.fixtures import STREAMS_PER_WORKER, client_options
+from pytest_llmserve.drive import STREAMS_PER_WORKER, client_options
 from pytest_llmserve.load import LoadSpec
 
 

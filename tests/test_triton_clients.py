@@ -19,15 +19,8 @@ import pytest
 from pytest_llmserve.config import Target
 from pytest_llmserve.load.records import RequestRecord
 from pytest_llmserve.load.spec import ClientOptions, LoadSpec
-from pytest_llmserve.load.triton_client import (
-    ModelInfo,
-    TritonOptions,
-    fetch_model_info,
-    request_fields,
-    run_grpc,
-    run_http,
-    run_triton_load,
-)
+from pytest_llmserve.load.triton_client import run_grpc, run_http, run_triton_load
+from pytest_llmserve.load.triton_protocol import ModelInfo, TritonOptions, fetch_model_info, request_fields
 from pytest_llmserve.servers.base import ServerHandle
 from pytest_llmserve.servers.registry import backend_for
 from pytest_llmserve.servers.triton import TritonEndpoints

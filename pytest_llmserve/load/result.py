@@ -103,12 +103,20 @@ class RunResult:
         return _nan_to_none(d)
 
 
-def build_result(spec: LoadSpec, shards: Sequence[Shard], options: ClientOptions) -> RunResult:
-    """Decode raw requests, summarize, self-check and decide validity."""
-    raws = sorted((r for s in shards for r in s.raws), key=lambda r: r.index)
-    records = [decode(r, stream=spec.stream) for r in raws]
-    summary = summarize(records, spec)
-    check = evaluate(shards, summary, spec, options.limits, records)
+@dataclass(frozen=True, slots=True)
+class MatchedWork:
+    """How a client's responses are counted against output_len, and where to look when they differ."""
+
+    counted: str = "decode exactly"  # "N responses did not <counted> output_len=L <unit>"
+    unit: str = "tokens"
+    hint: str = "check that the server honours ignore_eos and min_tokens"
+
+
+def invalid_reasons(check: ClientCheck, summary: LoadSummary, records: Sequence[RequestRecord], spec: LoadSpec, *,
+                    gave_up: str | None = None, matched: MatchedWork = MatchedWork()) -> list[str]:
+    """Why a run's numbers must not be judged (empty: valid), for every client alike: the self-check,
+    every request failed, fewer requests issued than asked, the server refusing connections mid-run
+    (`gave_up`: the error the unsent requests carry), responses that did not do the work asked for."""
     reasons = list(check.reasons)
     if summary.requests and summary.completed == 0:
         kinds = ", ".join(f"{k} x{n}" for k, n in summary.errors.items())
@@ -117,18 +125,26 @@ def build_result(spec: LoadSpec, shards: Sequence[Shard], options: ClientOptions
                        + (f"; first: {first.error_message}" if first and first.error_message else ""))
     if spec.requests is not None and summary.requests < spec.requests:  # never silently a smaller run
         reasons.append(f"only {summary.requests} of the {spec.requests} requests asked for were issued")
-    gave_up = next((s.gave_up for s in shards if s.gave_up), None)
     if gave_up is not None and summary.completed:  # (when none completed, the reason above says it all)
         unsent = sum(1 for r in records if not r.warmup and r.error_message == gave_up)
         reasons.append(f"the server stopped accepting connections mid-run: {unsent} of {summary.requests} requests "
                        f"were {gave_up}")
     if summary.token_mismatches:
         reasons.append(
-            f"{summary.token_mismatches} of {summary.completed} responses did not decode exactly "
-            f"{'the output_lens each asked for' if spec.output_lens else f'output_len={spec.output_len} tokens'} "
-            f"({'; '.join(summary.mismatch_examples)}): the work is not "
-            "matched; check that the server honours ignore_eos and min_tokens"
+            f"{summary.token_mismatches} of {summary.completed} responses did not {matched.counted} "
+            f"{'the output_lens each asked for' if spec.output_lens else f'output_len={spec.output_len} {matched.unit}'} "
+            f"({'; '.join(summary.mismatch_examples)}): the work is not matched; {matched.hint}"
         )
+    return reasons
+
+
+def build_result(spec: LoadSpec, shards: Sequence[Shard], options: ClientOptions) -> RunResult:
+    """Decode raw requests, summarize, self-check and decide validity."""
+    raws = sorted((r for s in shards for r in s.raws), key=lambda r: r.index)
+    records = [decode(r, stream=spec.stream) for r in raws]
+    summary = summarize(records, spec)
+    check = evaluate(shards, summary, spec, options.limits, records)
+    reasons = invalid_reasons(check, summary, records, spec, gave_up=next((s.gave_up for s in shards if s.gave_up), None))
     replies = ((sum(s.session_turns for s in shards), sum(s.session_standins for s in shards))
                if spec.sessions is not None else None)
     return RunResult(spec=spec, records=records, summary=summary, client_check=check,

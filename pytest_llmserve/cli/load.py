@@ -1,4 +1,4 @@
-"""`llmserve` command line: `llmserve load --url URL --concurrency C --requests N --output-len L --json PATH`.
+"""`llmserve load --url URL --concurrency C --requests N --output-len L --json PATH`.
 
 Exit status of `load`: 0 when the run is valid, 1 when it ran but is invalid (client could not keep
 up, token counts mismatched, every request failed), 2 for usage errors or an unreachable server.
@@ -11,11 +11,12 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from .load import ClientOptions, LoadSpec, RunResult, load_prompts, run_load
-from .load.fit import fit_load
-from .servers.capabilities import CapabilityError
+from ..drive import drive
+from ..load import ClientOptions, LoadSpec, RunResult, load_prompts
+from ..load.fit import fit_load
+from ..servers.capabilities import CapabilityError
 
 
 def _models(url: str, headers: dict[str, str]) -> list[str]:
@@ -28,14 +29,8 @@ def _models(url: str, headers: dict[str, str]) -> list[str]:
     return [m["id"] for m in resp.json().get("data", []) if isinstance(m, dict) and "id" in m]
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llmserve", description="pytest-llmserve tools")
-    sub = p.add_subparsers(dest="command", required=True)
-    # listed here for --help; main() hands their arguments to sweep.main / promotion_run.main
-    sub.add_parser("sweep", help="concurrency sweep of one or more targets: curves, crossovers, PNG/JSON/Markdown",
-                   add_help=False)
-    sub.add_parser("promote", help="promotion gate, candidate vs incumbent: exit 0 pass, 1 regression, "
-                   "2 inconclusive", add_help=False)
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """The `load` subcommand's parser, added to the top-level subparsers `sub`."""
     ld = sub.add_parser("load", help="drive streaming load against an OpenAI-compatible server",
                         description="Streaming load with exact (kernel) timestamps; prints a table, writes JSON.")
     ld.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
@@ -76,8 +71,7 @@ def _build_parser() -> argparse.ArgumentParser:
     tech.add_argument("--no-kernel-timestamps", action="store_true", help="stamp arrivals after each read instead")
     tech.add_argument("--no-uvloop", action="store_true")
     tech.add_argument("--no-gc-freeze", action="store_true")
-    return p
-
+    return ld
 
 def _shaped_spec(a: argparse.Namespace, model: str) -> tuple[LoadSpec, list[str]]:
     """The spec of --workload / --trace (lengths fitted to the server), else of the plain flags."""
@@ -87,9 +81,9 @@ def _shaped_spec(a: argparse.Namespace, model: str) -> tuple[LoadSpec, list[str]
         if a.output_len is None:
             raise ValueError("--output-len is required (or use --workload NAME / --trace FILE)")
         return _spec_from_args(a), []
-    from .load.trace import SHIPPED_TRACE, load_trace, trace_spec
-    from .load.workloads import workload
-    from .server_info import max_model_len
+    from ..load.trace import SHIPPED_TRACE, load_trace, trace_spec
+    from ..load.workloads import workload
+    from ..server_info import max_model_len
 
     limit = a.max_model_len or max_model_len(a.url, model)
     if a.trace:
@@ -161,7 +155,8 @@ def format_table(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-def _load(a: argparse.Namespace) -> int:
+def run(a: argparse.Namespace) -> int:
+    """`llmserve load` with parsed arguments: 0 valid, 1 invalid, 2 usage error or unreachable server."""
     try:
         if not (a.workload or a.trace):
             _shaped_spec(a, "")  # usage errors before any request
@@ -173,7 +168,7 @@ def _load(a: argparse.Namespace) -> int:
                 raise ValueError(f"{a.url}/v1/models lists no model; pass --model NAME")
             model = models[0]
         spec, notes = _shaped_spec(a, model)
-        from .servers.capabilities import parse_override_args, probe_url
+        from ..servers.capabilities import parse_override_args, probe_url
 
         caps = probe_url(a.url.rstrip("/").removesuffix("/v1"), model, overrides=parse_override_args(a.capability),
                          headers=dict(headers))
@@ -182,7 +177,7 @@ def _load(a: argparse.Namespace) -> int:
         options = ClientOptions(kernel_timestamps=not a.no_kernel_timestamps, uvloop=not a.no_uvloop,
                                 gc_freeze=not a.no_gc_freeze, http_parser=a.http_parser, workers=a.workers,
                                 headers=headers, warm_path=caps.warm_path)
-        result = fitted.check(run_load(a.url, model, fitted.spec, options=options))
+        result = fitted.check(drive(a.url, model, fitted.spec, options))
     except CapabilityError as exc:
         print(f"llmserve load: {exc}", file=sys.stderr)
         return 2
@@ -202,7 +197,7 @@ def _load(a: argparse.Namespace) -> int:
         if a.trace:
             from dataclasses import asdict
 
-            from .load.trace import lateness
+            from ..load.trace import lateness
 
             out["lateness"] = asdict(lateness(result, ClientOptions().limits.max_send_lag_p99_ms))
         Path(a.json_path).write_text(json.dumps(out, indent=2) + "\n")
@@ -211,23 +206,7 @@ def _load(a: argparse.Namespace) -> int:
             print(note)
         print(format_table(result))
         if a.trace:
-            from .load.trace import lateness
+            from ..load.trace import lateness
 
             print(lateness(result, ClientOptions().limits.max_send_lag_p99_ms).render())
     return 0 if result.valid else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("sweep", "promote"):  # these parse their own arguments (exit 3 on bad ones)
-        from . import promotion_run, sweep
-
-        return (sweep.main if argv[0] == "sweep" else promotion_run.main)(argv[1:])
-    args = _build_parser().parse_args(argv)
-    if args.command == "load":
-        return _load(args)
-    return 2  # pragma: no cover - argparse enforces the subcommand
-
-
-if __name__ == "__main__":
-    sys.exit(main())
