@@ -18,7 +18,7 @@ import pytest
 
 from pytest_llmserve.config import Target
 from pytest_llmserve.load.records import RequestRecord
-from pytest_llmserve.load.spec import ClientOptions, LoadSpec
+from pytest_llmserve.load.spec import CheckLimits, ClientOptions, LoadSpec
 from pytest_llmserve.load.triton_client import run_grpc, run_http, run_triton_load
 from pytest_llmserve.load.triton_protocol import ModelInfo, TritonOptions, fetch_model_info, request_fields
 from pytest_llmserve.servers.base import ServerHandle
@@ -179,5 +179,9 @@ def test_a_triton_handle_is_loaded_by_its_backend_through_the_handles_endpoints(
     handle = ServerHandle(target, server.http_url, "tiny", endpoints=endpoints)
     result = backend_for("triton").run_load(handle, replace(SPEC, warmup=0), ClientOptions())
     assert type(result).__name__ == "RunResult" and result.valid and result.summary.completed == 8
+    # the target's client limits apply (Triton's client has no loop probe: the send-lag limit of an open loop)
+    strict = ClientOptions(limits=CheckLimits(max_send_lag_p99_ms=-1.0))
+    late = backend_for("triton").run_load(handle, replace(SPEC, warmup=0, rate=100.0), strict)
+    assert not late.valid and any("sends were late" in r for r in late.invalid_reasons)
     with pytest.raises(KeyError, match="no Triton server planned"):
         backend_for("triton").run_load(replace(handle, endpoints=None), SPEC, ClientOptions())

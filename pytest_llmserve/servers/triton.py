@@ -143,11 +143,12 @@ class TritonBackend(BackendDefaults):
 
     def run_load(self, handle: ServerHandle, spec: LoadSpec, options: ClientOptions,
                  progress: LoadProgress | None = None) -> RunResult:
-        """Triton's own client (gRPC stream or HTTP generate_stream, `options.protocol`) on the plan's endpoints;
-        the OpenAI client's options and progress do not apply to it."""
+        """Triton's own client (gRPC stream or HTTP generate_stream, `options.protocol`) on the plan's endpoints,
+        judged by the target's client limits; metrics are sampled by the caller (drive.py), not here."""
         if handle.endpoints is None:
             raise KeyError(f"no Triton server planned at {handle.base_url}: its handle has no endpoints")
-        return run_triton_load(handle.endpoints, spec, protocol=load_protocol(handle.target)).to_run_result()
+        result = run_triton_load(handle.endpoints, spec, protocol=load_protocol(handle.target), metrics_interval_s=None)
+        return result.to_run_result(options.limits)
 
     def not_probed_because(self) -> str | None:
         return "Triton's own protocol, not the OpenAI API"
