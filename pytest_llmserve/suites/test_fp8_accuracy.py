@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from pytest_llmserve.accuracy_refs import AccuracyReferences, model_label
-from pytest_llmserve.accuracy_run import DEFAULT_TOLERANCE, compare_targets
-from pytest_llmserve.accuracy_tasks import DEFAULT_CONCURRENCY, TaskFileError, load_task
+from pytest_llmserve.accuracy_run import compare_targets
+from pytest_llmserve.accuracy_tasks import TaskFileError, load_task
 from pytest_llmserve.precision import PrecisionUnknown
 from pytest_llmserve.session import ResultEntry, get_session
 from pytest_llmserve.suite_options import partner_target_name, require_capabilities
@@ -37,8 +37,16 @@ from pytest_llmserve.suites import checkout_fixture
 BUNDLED_TASKS = checkout_fixture("tasks")  # the tiny model's tasks; None in an installed package
 
 
+def _table(target):
+    """The target's typed accuracy_* options (checked when the config loaded; here for targets built in code)."""
+    try:
+        return target.suites.accuracy
+    except ValueError as exc:
+        pytest.fail(f"target {target.name!r} ({target.source}): {exc}", pytrace=False)
+
+
 def _task_paths(target) -> list[Path]:
-    listed = target.options.get("accuracy_tasks")
+    listed = _table(target).tasks
     if listed is None:
         paths = sorted(BUNDLED_TASKS.glob("*.jsonl")) if BUNDLED_TASKS else []
         if not paths:
@@ -46,18 +54,8 @@ def _task_paths(target) -> list[Path]:
             pytest.fail(f"no task files in {where}: set options.accuracy_tasks for target {target.name!r} "
                         "(build them with fixtures/make_tasks.py --model <model dir>)", pytrace=False)
         return paths
-    if isinstance(listed, str) or not isinstance(listed, list):
-        pytest.fail(f"target {target.name!r} ({target.source}): options.accuracy_tasks must be a list of JSONL paths",
-                    pytrace=False)
     base = Path(target.source).parent if not target.source.startswith("<") else Path.cwd()
     return [p if p.is_absolute() else base / p for p in map(Path, listed)]
-
-
-def _number(target, key: str, default: float) -> float:
-    value = target.options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        pytest.fail(f"target {target.name!r} ({target.source}): options.{key}={value!r} must be a number", pytrace=False)
-    return float(value)
 
 
 @pytest.mark.accuracy
@@ -65,6 +63,7 @@ def test_precision_change_keeps_accuracy(request, llm_target, llm_servers):
     reference_name = partner_target_name(llm_target, "accuracy_reference", what="reference to compare with",
                                          placeholder="reference target name",
                                          self_advice="name the baseline-precision target")
+    table = _table(llm_target)
     try:
         tasks = [load_task(p) for p in _task_paths(llm_target)]
     except TaskFileError as exc:
@@ -73,17 +72,11 @@ def test_precision_change_keeps_accuracy(request, llm_target, llm_servers):
     baseline, candidate = llm_servers(reference_name), llm_servers(llm_target.name)
     require_capabilities(candidate, "token_id_prompts", "logprobs", suite="accuracy")
     require_capabilities(baseline, "token_id_prompts", "logprobs", suite="accuracy")
-    references = AccuracyReferences.in_store(session.store, model_label(llm_target),
-                                             alpha=_number(llm_target, "accuracy_alpha", 0.05))
+    references = AccuracyReferences.in_store(session.store, model_label(llm_target), alpha=table.alpha)
     try:
-        comparisons = compare_targets(
-            baseline, candidate, tasks,
-            tolerance=_number(llm_target, "accuracy_tolerance", DEFAULT_TOLERANCE),
-            alpha=_number(llm_target, "accuracy_alpha", 0.05), beta=_number(llm_target, "accuracy_beta", 0.2),
-            concurrency=int(_number(llm_target, "accuracy_concurrency", DEFAULT_CONCURRENCY)), references=references,
-            require_detectable=_number(llm_target, "accuracy_detectable",
-                                       3 * _number(llm_target, "accuracy_tolerance", DEFAULT_TOLERANCE)),
-        )
+        comparisons = compare_targets(baseline, candidate, tasks, tolerance=table.tolerance, alpha=table.alpha,
+                                      beta=table.beta, concurrency=table.concurrency, references=references,
+                                      require_detectable=table.required_detectable)
     except (PrecisionUnknown, ValueError, RuntimeError) as exc:  # precision unknown, scoring errors, bad options
         pytest.fail(f"{llm_target.name} vs {reference_name}: {exc}", pytrace=False)
     tables = []

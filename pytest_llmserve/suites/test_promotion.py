@@ -23,22 +23,19 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmserve.checks.promotion import DEFAULT_MARGIN
 from pytest_llmserve.load import LoadSpec
 from pytest_llmserve.progress import pytest_emitter
-from pytest_llmserve.promotion_run import DEFAULT_METRICS, arm_of, capabilities_of, run_ab
+from pytest_llmserve.promotion_run import arm_of, capabilities_of, run_ab
 from pytest_llmserve.session import ResultEntry, get_session
 from pytest_llmserve.suite_options import partner_target_name
 
 
-def _option(target, key: str, default, kind=int):
-    value = target.options.get(key, default)
-    ok = isinstance(value, list) and all(isinstance(v, str) for v in value) if kind is list else (
-        isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0)
-    if not ok:
-        want = "a list of metric names" if kind is list else "a positive number"
-        pytest.fail(f"target {target.name!r} ({target.source}): options.{key}={value!r} must be {want}", pytrace=False)
-    return kind(value) if kind is not list else list(value)
+def _table(target):
+    """The target's typed promotion_* options (checked when the config loaded; here for targets built in code)."""
+    try:
+        return target.suites.promotion
+    except ValueError as exc:
+        pytest.fail(f"target {target.name!r} ({target.source}): {exc}", pytrace=False)
 
 
 @pytest.mark.promotion
@@ -47,24 +44,21 @@ def test_candidate_is_not_slower_than_incumbent(request, llm_target, llm_servers
                                          placeholder="target serving today")
     session = get_session(request.config)
     cand, inc = llm_servers(llm_target.name), llm_servers(incumbent_name)
-    requests = session.requests_override or _option(llm_target, "promotion_requests", 256)
-    spec = LoadSpec(concurrency=_option(llm_target, "promotion_concurrency", 8), requests=requests,
-                    warmup=min(8, requests), input_len=_option(llm_target, "promotion_input_len", 64),
-                    output_len=_option(llm_target, "promotion_output_len", 64))
+    table = _table(llm_target)
+    requests = session.requests_override or table.requests
+    spec = LoadSpec(concurrency=table.concurrency, requests=requests, warmup=min(8, requests),
+                    input_len=table.input_len, output_len=table.output_len)
     try:
-        ab = run_ab(arm_of(cand), arm_of(inc), spec, capabilities=capabilities_of(cand, inc),
-                    rounds=_option(llm_target, "promotion_rounds", 4),
-                    metrics=_option(llm_target, "promotion_metrics", list(DEFAULT_METRICS), list),
-                    margin=_option(llm_target, "promotion_margin", DEFAULT_MARGIN, float),
-                    emit=pytest_emitter(request.config))
+        ab = run_ab(arm_of(cand), arm_of(inc), spec, capabilities=capabilities_of(cand, inc), rounds=table.rounds,
+                    metrics=list(table.metrics), margin=table.margin, emit=pytest_emitter(request.config))
     except ValueError as exc:
         pytest.fail(f"promotion {llm_target.name} vs {incumbent_name}: {exc}", pytrace=False)
-    table = ab.render()
+    rendered = ab.render()
     session.record(ResultEntry(request.node.nodeid, llm_target.name, "promotion", ab.verdict in
-                               ("pass", "improvement"), table, {**ab.to_dict(), "rows": ab.rows()}))
+                               ("pass", "improvement"), rendered, {**ab.to_dict(), "rows": ab.rows()}))
     request.node.user_properties += [("llmserve.target", llm_target.name), ("llmserve.incumbent", incumbent_name),
                                      ("llmserve.verdict", ab.verdict)]
     request.node.user_properties += [(f"llmserve.{c.metric}.change", round(c.change.estimate, 4))
                                      for c in ab.result.checks]
     if ab.verdict not in ("pass", "improvement"):
-        pytest.fail(table, pytrace=False)
+        pytest.fail(rendered, pytrace=False)
