@@ -86,7 +86,7 @@ class Task:
     def n_scored(self) -> int:
         """How many scored items (token positions for next_token) the task yields."""
         if self.kind == "next_token":
-            return sum(len(i.token_ids) - i.score_from for i in self.items)  # type: ignore[union-attr]
+            return sum(len(i.token_ids) - i.score_from for i in self.items if isinstance(i, NextTokenItem))  # all are
         return len(self.items)
 
 

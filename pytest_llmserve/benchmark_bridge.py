@@ -139,7 +139,8 @@ def record_load(pconfig: pytest.Config, item: pytest.Item, target: str, result: 
 
 def recorded(pconfig: pytest.Config) -> list[LoadBenchmark]:
     """Entries recorded in this process (what an xdist worker sends to the controller)."""
-    return list(pconfig.stash.get(_RECORDED, []))
+    entries = pconfig.stash.get(_RECORDED, [])
+    return list(entries)
 
 
 def publish(pconfig: pytest.Config, entries: list[LoadBenchmark]) -> int:

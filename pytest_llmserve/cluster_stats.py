@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .stats import SeedLike, rng_from
 
@@ -29,14 +30,14 @@ def cluster_weights(n_clusters: int, n_resamples: int, seed: SeedLike) -> np.nda
     return rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_resamples).astype(float)
 
 
-def ratio_replicates(weights: np.ndarray, totals: Sequence[float], counts: Sequence[float]) -> np.ndarray:
+def ratio_replicates(weights: np.ndarray, totals: ArrayLike, counts: ArrayLike) -> np.ndarray:
     """sum(w·totals) / sum(w·counts) per resample (0 where a resample has no counts)."""
     num = weights @ np.asarray(totals, dtype=float)
     den = weights @ np.asarray(counts, dtype=float)
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
-def ratio(totals: Sequence[float], counts: Sequence[float]) -> float:
+def ratio(totals: ArrayLike, counts: ArrayLike) -> float:
     """The pooled ratio sum(totals) / sum(counts) (0 when there are no counts)."""
     den = float(np.sum(counts))
     return float(np.sum(totals)) / den if den > 0 else 0.0
@@ -52,7 +53,7 @@ class ClusterSummary:
     effective_n: float
 
 
-def cluster_summary(values: Sequence[float], groups: Sequence[object]) -> ClusterSummary:
+def cluster_summary(values: ArrayLike, groups: Sequence[object] | np.ndarray) -> ClusterSummary:
     """Design effect of the mean of `values` grouped by `groups` (ratio-estimator linearisation).
 
     var_clustered = G/(G-1) · Σ_g (t_g − m·n_g)² / N²   (t_g, n_g: cluster total and size)

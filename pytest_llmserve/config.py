@@ -282,8 +282,9 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
             err.fail(f"{where}.slo.{key}", value, "must be a finite non-negative number (leave the key out for no limit)")
         from .checks.server_slo import check_value
 
-        if check_value(key, float(value)):
-            err.fail(f"{where}.slo.{key}", value, check_value(key, float(value)))
+        limit_problem = check_value(key, float(value))
+        if limit_problem:
+            err.fail(f"{where}.slo.{key}", value, limit_problem)
     if "cuda_graphs" in raw:
         from .checks.graph_requirement import CudaGraphRequirement
 
@@ -309,8 +310,8 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
 
         problem = validate_overrides(raw["capabilities"])
         if problem:
-            key, value, what = problem
-            err.fail(f"{where}.capabilities" + (f".{key}" if key else ""), value, what)
+            cap_key, value, what = problem
+            err.fail(f"{where}.capabilities" + (f".{cap_key}" if cap_key else ""), value, what)
     if raw.get("unsupported_host", "fail") not in UNSUPPORTED_HOST:
         err.fail(f"{where}.unsupported_host", raw["unsupported_host"], f"must be one of {', '.join(UNSUPPORTED_HOST)}")
     concurrency = raw.get("concurrency", [1, 4, 16])

@@ -67,7 +67,9 @@ class EngineEquivalenceSettings:
                 raise ValueError(f"{key} = {raw[key]!r} must be {what}")
         if "prompt_file" in raw and not (isinstance(raw["prompt_file"], str) and raw["prompt_file"]):
             raise ValueError(f"prompt_file = {raw['prompt_file']!r} must be a JSONL path")
-        made = cls(**{k: (float(v) if k not in _INTEGERS and k != "prompt_file" else v) for k, v in raw.items()})
+        values: dict[str, Any] = {k: (float(v) if k not in _INTEGERS and k != "prompt_file" else v)
+                                  for k, v in raw.items()}
+        made = cls(**values)
         if made.min_prompt_len > made.max_prompt_len:
             raise ValueError(f"min_prompt_len = {made.min_prompt_len} exceeds max_prompt_len = {made.max_prompt_len}")
         return made
@@ -113,10 +115,13 @@ def engine_prompts(candidate: ServerHandle, incumbent: ServerHandle, settings: E
                    default_prompt_file: str | Path | None) -> tuple[tuple[Prompt, ...], list[str]]:
     """The planned prompt set, cut to fit both servers' lengths, and a note on where it came from."""
     target = candidate.target
-    if not settings.prompt_file and default_prompt_file is None:
+    if settings.prompt_file:
+        source_file = Path(settings.prompt_file).expanduser()
+    elif default_prompt_file is not None:
+        source_file = Path(default_prompt_file)
+    else:
         raise ReferenceError(f"target {target.name!r}: no prompt set for the engine comparison (the installed package "
                              "ships none): set options.engine_equivalence.prompt_file")
-    source_file = Path(settings.prompt_file).expanduser() if settings.prompt_file else Path(default_prompt_file)
     if settings.prompt_file and not source_file.is_absolute() and not target.source.startswith("<"):
         source_file = Path(target.source).parent / source_file
     model_dir = target.model if target.model and Path(target.model).is_dir() else None

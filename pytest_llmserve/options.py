@@ -11,7 +11,7 @@ import argparse
 import os
 import shlex
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import pytest
 
@@ -135,7 +135,8 @@ def add_options(parser: pytest.Parser) -> None:
             group.addoption(spec.flag, action="store", dest=spec.dest, default=None, type=_cli_type(spec), help=help_text)
         else:
             group.addoption(spec.flag, action="store", dest=spec.dest, default=None, help=help_text)
-        parser.addini(spec.ini, help=help_text, type="linelist" if spec.kind == "list" else "string", default=None)
+        ini_type: Literal["linelist", "string"] = "linelist" if spec.kind == "list" else "string"
+        parser.addini(spec.ini, help=help_text, type=ini_type, default=None)
 
 
 def spec_for(dest: str) -> OptionSpec:

@@ -243,7 +243,9 @@ def hf_greedy(model_dir: str | Path, prompts: Sequence[Sequence[int]], *, max_to
     from transformers import AutoModelForCausalLM
 
     torch_dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(str(_local_dir(model_dir)), dtype=torch_dtype).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(_local_dir(model_dir)), dtype=torch_dtype)
+    # functools.wraps around transformers' `to` makes mypy see an unbound function (expects `self` first)
+    model = model.to(device).eval()  # type: ignore[arg-type]
     handle = model.register_forward_pre_hook(FORWARD_PASSES.hook)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     # Longest prompts share a batch: left padding stays short (order is restored below).
@@ -368,8 +370,8 @@ def cached_reference(model_dir: str | Path, prompts: Sequence[Prompt], *, max_to
             if dtype == "float32":
                 reused = worker.reuse_other_device(path, key, prompts, compute)
                 if reused is not None:
-                    conts, passes = reused
-                    return ReferenceResult(conts, key, path, True, passes, time.perf_counter() - started)
+                    reused_conts, reused_passes = reused
+                    return ReferenceResult(reused_conts, key, path, True, reused_passes, time.perf_counter() - started)
         conts, passes = compute(prompts)
         _write(path, key, prompts, conts, passes, time.perf_counter() - started)
     return ReferenceResult(tuple(conts), key, path, False, passes, time.perf_counter() - started)

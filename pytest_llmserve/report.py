@@ -55,7 +55,7 @@ def _short(nodeid: str) -> str:
 
 def combined_rows(state: LlmserveSession) -> list[tuple[str, ...]]:
     """One text row per metric of every check: mark, target, test, metric, measured, limit, baseline, verdict."""
-    out = []
+    out: list[tuple[str, ...]] = []
     for entry in state.results:
         for r in entry_rows(entry):
             out.append(("x" if str(r.get("verdict")) in _BAD else "", entry.target,

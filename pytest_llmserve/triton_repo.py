@@ -272,4 +272,4 @@ def input_names(config: Mapping[str, Any]) -> tuple[str, ...]:
     """Names of a parsed model config's `input` entries."""
     inputs = config.get("input", [])
     inputs = inputs if isinstance(inputs, list) else [inputs]
-    return tuple(i.get("name") for i in inputs if isinstance(i, Mapping) and i.get("name"))
+    return tuple(name for i in inputs if isinstance(i, Mapping) and (name := i.get("name")))

@@ -81,7 +81,7 @@ def profile(prompt_id: str, prompt: Sequence[int], reference: Continuation, cand
         return PromptDivergence(prompt_id, None, len(reference.tokens))
     context = (tuple(prompt) + reference.tokens[:pos])[-CONTEXT_TOKENS:]
     ref_next, cand_next = reference.tokens[pos:pos + NEXT_TOKENS], candidate.tokens[pos:pos + NEXT_TOKENS]
-    gaps = [None, None]
+    gaps: list[float | None] = [None, None]
     if ref_next and cand_next:
         r, c = ref_next[0], cand_next[0]
         gaps = [_gap(reference.top_logprobs[pos], r, c), _gap(candidate.top_logprobs[pos], c, r)]

@@ -93,7 +93,7 @@ def _levels(cs: Sequence[int]) -> str:
     return ",".join(map(str, cs)) if cs else "none"
 
 
-StepTimes = Mapping[int, Sequence[float]]  # concurrency -> one step time (ms) per request
+StepTimes = Mapping[int, Sequence[float] | np.ndarray]  # concurrency -> one step time (ms) per request
 
 
 def _calls(target: StepTimes, control: StepTimes, min_speedup: float, n_resamples: int,

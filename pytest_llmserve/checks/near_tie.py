@@ -234,7 +234,7 @@ def precision_of(target: Target, log_text: str = "") -> str:
         dtype = target.dtype if target.dtype and target.dtype != "auto" else "bfloat16"
         found = [_precision_or_none(dtype) or "bfloat16"]
         found += [_quant_precision(v) for v in _flag_values(target.args, ("--quantization", "-q", "--kv-cache-dtype"))]
-    known = [p for p in found if p in UNIT_ROUNDOFF]
+    known = [p for p in found if p is not None and p in UNIT_ROUNDOFF]
     return max(known, key=lambda p: UNIT_ROUNDOFF[p]) if known else "bfloat16"
 
 

@@ -47,7 +47,8 @@ class PrecisionParts:
 
     def coarsest(self) -> str:
         """The coarsest format on the path (the legacy single-precision tolerance)."""
-        known = [c.precision for c in (self.compute, self.weights, self.kv_cache) if c.precision in UNIT_ROUNDOFF]
+        known = [p for c in (self.compute, self.weights, self.kv_cache)
+                 if (p := c.precision) is not None and p in UNIT_ROUNDOFF]
         return max(known, key=lambda p: UNIT_ROUNDOFF[p]) if known else "bfloat16"
 
     def calibration_dtype(self) -> str | None:
@@ -98,10 +99,11 @@ def precision_parts(target: Target, log_text: str = "") -> PrecisionParts:
                       ("kv_cache", "kv_cache_precision")):
         if table.get(key):
             found[role] = (normalize_precision(str(table[key])), f"{where}.{key}")
-    parts = []
+    parts: list[Component] = []
     for role in ("compute", "weights", "kv_cache"):
         precision, source = found[role]
         if role != "compute" and precision in FLOAT_FORMATS:
             precision = None  # a KV cache stored in a float format is not quantized
         parts.append(Component(role, precision, source))
-    return PrecisionParts(*parts, evidence=evidence)
+    compute, weights, kv_cache = parts
+    return PrecisionParts(compute, weights, kv_cache, evidence=evidence)

@@ -89,7 +89,7 @@ class SloReport:
 
     def render(self) -> str:
         header: tuple[str, ...] = ("metric", "measured", "limit", "baseline", "allowed", "verdict")
-        body = [
+        body: list[tuple[str, ...]] = [
             (r.metric, _fmt(r.measured), r.limit, _fmt(r.baseline), _fmt(r.allowed, prefix=_direction(r.metric)), r.verdict)
             for r in self.rows
         ]

@@ -201,7 +201,7 @@ class _Strict(dict):
 
     def __init__(self, values: Mapping[str, Any], template: ArgvTemplate) -> None:
         super().__init__()
-        self.values, self.template = values, template
+        self._values, self._template = values, template  # (`values` would hide dict.values)
 
     def __getitem__(self, key: str) -> Any:
-        return _lookup(self.values, key, self.template)
+        return _lookup(self._values, key, self._template)

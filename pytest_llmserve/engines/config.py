@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, overload
 
 
 class EngineError(Exception):
@@ -139,8 +139,8 @@ def _parse_current(data: Mapping[str, Any]) -> EngineConfig:
 
 
 def _parse_legacy(data: Mapping[str, Any]) -> EngineConfig:
-    builder = data["builder_config"]
-    plugins = data.get("plugin_config") if isinstance(data.get("plugin_config"), Mapping) else {}
+    builder, plugin_config = data["builder_config"], data.get("plugin_config")
+    plugins = plugin_config if isinstance(plugin_config, Mapping) else {}
     quant_algo, kv_algo = legacy_quant_mode(_int(builder.get("quant_mode"), 0) or 0)
     max_input, max_output = _int(builder.get("max_input_len")), _int(builder.get("max_output_len"))
     return EngineConfig(
@@ -222,6 +222,10 @@ def _load(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+@overload
+def _int(value: Any) -> int | None: ...
+@overload
+def _int(value: Any, default: int) -> int: ...
 def _int(value: Any, default: int | None = None) -> int | None:
     if isinstance(value, bool) or value is None:
         return default

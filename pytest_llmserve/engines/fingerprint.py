@@ -53,7 +53,9 @@ def detect_toolchain(inventory_fn: Callable[[], Any] | None = None) -> Toolchain
             f"run pytest inside the TensorRT-LLM environment or set {VERSION_ENV}=<version>"
         )
     if inventory_fn is None:
-        from ..hardware import detect_inventory as inventory_fn
+        from ..hardware import detect_inventory
+
+        inventory_fn = detect_inventory
     inventory = inventory_fn()
     if not inventory.gpus:
         raise EngineError(f"building a TensorRT engine needs a GPU; none visible ({inventory.source})")

@@ -29,7 +29,7 @@ class HardwareContext:
 
     def header(self) -> str:
         """One line for pytest_report_header."""
-        how = self.label_source
+        how: str = self.label_source
         if self.label_source == "override":
             how += f" from {self.origin}; the inventory gives {self.detected_label}"
         elif self.label_source == "fake":

@@ -25,8 +25,9 @@ import errno
 import socket
 import struct
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import h11
@@ -34,10 +35,16 @@ import h11
 from .records import RawRequest
 from .sse import SSEFramer, WholeBody
 
+if TYPE_CHECKING:
+    from .client import Shard
+    from .prompts import BodyPool
+    from .sessions import SessionFeed
+    from .spec import ClientOptions, LoadSpec
+
 try:  # llhttp (C) through httptools: ~0.4 us per chunk against ~11 us for h11 (benchmarks/fidelity)
     import httptools as _httptools
 except ImportError:  # pragma: no cover - h11 is the dependency-free fallback
-    _httptools = None
+    _httptools = None  # type: ignore[assignment]  # optional import: users test `_httptools is None`
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux asm-generic value; Python does not export it
 _TIMESPEC = struct.Struct("@qq")
@@ -94,6 +101,7 @@ class Conn:
     def on_headers_complete(self) -> None:
         raw = self.req
         if raw is not None:
+            assert self.parser is not None  # only the httptools parser calls back
             raw.status = self.parser.get_status_code()
             raw.t_head = self.ts
 
@@ -113,6 +121,7 @@ class Conn:
 
     def on_message_complete(self) -> None:
         self.complete = True
+        assert self.parser is not None  # only the httptools parser calls back
         self.keep = self.parser.should_keep_alive()  # only meaningful inside the callback
 
 
@@ -125,8 +134,34 @@ class Transport:
     _finished(raw), _reopen(), _connect_and_send(raw, count_lag), _maybe_done().
     """
 
+    # provided by the driver (annotations only: nothing here exists at run time)
     loop: asyncio.AbstractEventLoop
-    out: Any
+    ep: Endpoint
+    opt: ClientOptions
+    spec: LoadSpec
+    fast: bool
+    target: bytes
+    headers: list[tuple[str, str]]
+    bodies: BodyPool
+    out: Shard
+    _wire: list[bytes]
+    _bufs: list[memoryview]
+    _busy: set[Conn]
+    _idle: list[Conn]
+    _tasks: set[asyncio.Future]
+    _done: asyncio.Future | None
+    _measured: bool
+    _family: int
+    _addr: Any  # the socket address getaddrinfo gave (a tuple whose shape depends on the family)
+    _prev_handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None
+    _feed: SessionFeed | None
+
+    if TYPE_CHECKING:  # the driver's hooks
+        def _on_free(self, conn: Conn) -> None: ...
+        def _finished(self, raw: RawRequest) -> None: ...
+        def _reopen(self) -> Coroutine[Any, Any, None]: ...
+        def _connect_and_send(self, raw: RawRequest, count_lag: bool = True) -> Coroutine[Any, Any, None]: ...
+        def _maybe_done(self) -> None: ...
 
     def render_requests(self) -> None:
         """Request bytes for every body, rendered by h11 before the measured window (httptools mode:
@@ -239,7 +274,7 @@ class Transport:
                 et = type(ev)
                 if et is _Data:
                     if raw.status == 200:
-                        payloads = conn.sse.feed(ev.data)
+                        payloads = conn.sse.feed(ev.data)  # type: ignore[union-attr]  # `et is _Data`
                         if payloads:
                             for p in payloads:
                                 raw.ev_ts.append(ts)
@@ -247,11 +282,11 @@ class Transport:
                             if len(raw.ev_data) - before > 1 and self._measured:
                                 self.out.multi_reads[ts] = now
                     else:
-                        raw.err_body.append(ev.data)
+                        raw.err_body.append(ev.data)  # type: ignore[union-attr]  # `et is _Data`
                 elif ev is _NEED_DATA:
                     return
                 elif et is _Response:
-                    raw.status = ev.status_code
+                    raw.status = ev.status_code  # type: ignore[union-attr]  # `et is _Response`
                     raw.t_head = ts
                 elif et is _EndOfMessage:
                     raw.t_end = ts
@@ -346,15 +381,16 @@ class Transport:
             conn.fd = -1
         self._busy.discard(conn)
 
-    def _spawn(self, coro) -> None:  # noqa: ANN001
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         t = self.loop.create_task(coro)
         self._tasks.add(t)
         t.add_done_callback(self._task_done)
 
     def _task_done(self, t: asyncio.Future) -> None:
         self._tasks.discard(t)
-        if not t.cancelled() and t.exception() is not None and self._done is not None and not self._done.done():
-            self._done.set_exception(t.exception())
+        exc = None if t.cancelled() else t.exception()
+        if exc is not None and self._done is not None and not self._done.done():
+            self._done.set_exception(exc)
         else:
             self._maybe_done()
 

@@ -139,6 +139,7 @@ def _generated_ids_as_text(spec: LoadSpec, caps: Capabilities, notes: list[str])
         words = word_tokens(str(caps.tokenizer))
     except TokenizerUnavailable as exc:
         raise ValueError(f"prompts are token ids and the server takes strings only; {exc}") from None
+    assert spec.prompts is not None  # only called for given token-id prompts
     texts = tuple(ids_as_text(words, p) for p in spec.prompts)
     chat = spec.endpoint == "chat"
     sessions, expected = spec.sessions, tuple(words.served_count(t, chat) for t in texts)
@@ -171,7 +172,7 @@ def _text_prompts(spec: LoadSpec, caps: Capabilities, notes: list[str]) -> tuple
         except TokenizerUnavailable as exc:
             notes.append(f"text prompts: {exc}")
     word_spec = dataclasses.replace(spec, endpoint="chat")  # synthetic_prompt's word form
-    texts = tuple(synthetic_prompt(word_spec, i) for i in range(n))
+    word_texts = tuple(synthetic_prompt(word_spec, i) for i in range(n))
     notes.append("no local tokenizer for the model (set capabilities.tokenizer to its directory): prompts are "
                  "words, about one token each; usage.prompt_tokens tells their real length")
-    return dataclasses.replace(spec, prompts=texts), None, "word prompts (approximate length, no tokenizer)"
+    return dataclasses.replace(spec, prompts=word_texts), None, "word prompts (approximate length, no tokenizer)"

@@ -7,6 +7,7 @@ arrival times, which use the same clock). JSON is parsed only here, after the me
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,9 +91,12 @@ class RequestRecord:
     @property
     def tpot_ms(self) -> float | None:
         """(E2E - TTFT) / (N - 1) with N the decoded token count; None for one-token outputs."""
+        first, last = self.t_first_token_ns, self.t_last_token_ns
         if self.output_tokens < 2 or len(self.token_times_ns) < 2:  # one chunk (non-streaming): no TPOT
             return None
-        return (self.t_last_token_ns - self.t_first_token_ns) / NS_PER_MS / (self.output_tokens - 1)
+        if first is None or last is None:  # not with token times; for the type checker
+            return None
+        return (last - first) / NS_PER_MS / (self.output_tokens - 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__} | {
@@ -113,7 +117,7 @@ def decode(raw: RawRequest, stream: bool = True) -> RequestRecord:
     token_ts: list[int] = []
     finish = usage = rid = None
     done = False
-    events = zip(raw.ev_ts, raw.ev_data)
+    events: Iterator[tuple[int, bytes]] = zip(raw.ev_ts, raw.ev_data)
     if not stream:
         events = iter([(raw.ev_ts[-1], b"".join(raw.ev_data))] if raw.ev_data else [])
         done = bool(raw.ev_data)

@@ -10,9 +10,9 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import IO, Any, NoReturn
 
-from .client import LoadProgress, ShardRunner
+from .client import LoadProgress, Shard, ShardRunner
 from .result import RunResult, build_result
 from .spec import ClientOptions, LoadSpec
 
@@ -110,19 +110,22 @@ def _run_processes(base_url: str, model: str, spec: LoadSpec, options: ClientOpt
                               stdout=subprocess.PIPE, env=env) for _ in range(workers)]
     try:
         for i, proc in enumerate(procs):
-            proc.stdin.write(pickle.dumps((base_url, model, spec, options, i, workers)))
-            proc.stdin.flush()
+            stdin = _pipe(proc.stdin)
+            stdin.write(pickle.dumps((base_url, model, spec, options, i, workers)))
+            stdin.flush()
         for i, proc in enumerate(procs):  # everyone warmed up (or one failed: its report says why)
-            tag = proc.stdout.read(1)
+            tag = _pipe(proc.stdout).read(1)
             if tag != b"R":
                 _raise_worker_failure(i, workers, proc, tag)
         start = LEN.pack(time.time_ns() + 50_000_000)  # a common start slightly in the future
         for proc in procs:
-            proc.stdin.write(start)
-            proc.stdin.flush()
-        shards = []
+            stdin = _pipe(proc.stdin)
+            stdin.write(start)
+            stdin.flush()
+        shards: list[Shard] = []
         for i, proc in enumerate(procs):
-            tag = proc.stdout.read(1)
+            tag = _pipe(proc.stdout).read(1)
+            payload: Any
             status, payload = _read_report(proc) if tag == b"D" else ("error", None)
             if status != "ok":
                 _raise_worker_failure(i, workers, proc, tag, payload)
@@ -135,12 +138,19 @@ def _run_processes(base_url: str, model: str, spec: LoadSpec, options: ClientOpt
     return build_result(spec, shards, options)
 
 
-def _read_report(proc: subprocess.Popen) -> tuple[str, Any]:
-    (n,) = LEN.unpack(proc.stdout.read(LEN.size))
-    return pickle.loads(proc.stdout.read(n))
+def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
+    assert stream is not None  # the workers' stdin and stdout are pipes (subprocess.PIPE)
+    return stream
 
 
-def _raise_worker_failure(i: int, workers: int, proc: subprocess.Popen, tag: bytes, detail: Any = None) -> None:
+def _read_report(proc: subprocess.Popen[bytes]) -> tuple[str, Any]:
+    stdout = _pipe(proc.stdout)
+    (n,) = LEN.unpack(stdout.read(LEN.size))
+    return pickle.loads(stdout.read(n))
+
+
+def _raise_worker_failure(i: int, workers: int, proc: subprocess.Popen[bytes], tag: bytes,
+                          detail: Any = None) -> NoReturn:
     if tag == b"D" and detail is None:
         _, detail = _read_report(proc)
     if detail is None:

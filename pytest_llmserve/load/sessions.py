@@ -170,6 +170,7 @@ class SessionFeed:
         if j not in self.mine:
             return
         prompts = self.spec.prompts
+        assert prompts is not None  # checked in __init__
         full, m = prompts[q], self._msg[q]
         message = full[len(full) - m:] if m else full[:0]
         reply = reply_of(raw.ev_data, self.spec.stream)

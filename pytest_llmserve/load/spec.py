@@ -81,7 +81,7 @@ class LoadSpec:
             raise ValueError(f"extra_body must be a mapping of JSON fields, got {type(self.extra_body).__name__}")
         self._validate_sequences()
         if self.sessions is not None:
-            self._validate_sessions()
+            self._validate_sessions(self.sessions)
         if not isinstance(self.stream, bool):
             raise ValueError(f"stream={self.stream!r} must be True (SSE streaming) or False (one JSON response)")
         if self.prompts is not None:
@@ -102,13 +102,13 @@ class LoadSpec:
             return self.output_len
         return self.output_lens[index % len(self.output_lens)]
 
-    def _validate_sessions(self) -> None:
+    def _validate_sessions(self, sessions: Sessions) -> None:
         if self.rate is not None or self.requests is None:
             raise ValueError("multi-turn sessions run closed loop for a number of requests: set concurrency and "
                              "requests=N (no rate, no duration_s)")
         if self.endpoint != "completions":
             raise ValueError(f"multi-turn sessions run on the completions endpoint, not {self.endpoint!r}")
-        self.sessions.validate(self.prompts)
+        sessions.validate(self.prompts)
 
     def _validate_sequences(self) -> None:
         if self.output_lens is not None:

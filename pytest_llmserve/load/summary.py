@@ -75,15 +75,20 @@ class LoadSummary:
         return out
 
 
+def _end_ns(r: RequestRecord) -> int:
+    """A successful request ends at its last token; a failed one at the last thing seen of it (it was sent)."""
+    if r.ok and r.t_last_token_ns is not None:  # a successful request always has a token
+        return r.t_last_token_ns
+    return max(t for t in (r.t_send_ns, r.t_last_token_ns, r.t_end_ns) if t is not None)
+
+
 def summarize(records: Sequence[RequestRecord], spec: LoadSpec) -> LoadSummary:
     """Summarize the non-warm-up records of a run."""
     measured = [r for r in records if not r.warmup]
     ok = [r for r in measured if r.ok]
-    errors = dict(sorted(Counter(r.error_kind for r in measured if not r.ok).items()))
+    errors = dict(sorted(Counter(k for r in measured if (k := r.error_kind) is not None).items()))  # the failed
     starts = [r.t_send_ns for r in measured if r.t_send_ns is not None]
-    # a successful request ends at its last token; a failed one at the last thing seen of it
-    ends = [r.t_last_token_ns if r.ok else max(t for t in (r.t_send_ns, r.t_last_token_ns, r.t_end_ns) if t is not None)
-            for r in measured if r.t_send_ns is not None]
+    ends = [_end_ns(r) for r in measured if r.t_send_ns is not None]
     duration_s = (max(ends) - min(starts)) / 1e9 if starts and ends and max(ends) > min(starts) else 0.0
     tokens = sum(r.output_tokens for r in ok)
     mismatches = []
@@ -91,10 +96,10 @@ def summarize(records: Sequence[RequestRecord], spec: LoadSpec) -> LoadSummary:
         mismatches = [r for r in ok if r.output_tokens != spec.output_len_for(r.index)]
     open_loop = spec.rate is not None
     return LoadSummary(
-        ttft_ms=Percentiles.of(r.ttft_ms for r in ok),
+        ttft_ms=Percentiles.of(x for r in ok if (x := r.ttft_ms) is not None),  # every successful one has it
         itl_ms=Percentiles.of(g for r in ok for g in r.itl_ms),
         tpot_ms=Percentiles.of(x for r in ok if (x := r.tpot_ms) is not None),
-        e2e_ms=Percentiles.of(r.e2e_ms for r in ok),
+        e2e_ms=Percentiles.of(x for r in ok if (x := r.e2e_ms) is not None),
         output_tok_s=tokens / duration_s if duration_s > 0 else 0.0,
         requests_s=len(ok) / duration_s if duration_s > 0 else 0.0,
         completed=len(ok),
@@ -104,10 +109,12 @@ def summarize(records: Sequence[RequestRecord], spec: LoadSpec) -> LoadSummary:
         token_mismatches=len(mismatches),
         duration_s=duration_s,
         ttft_from_schedule_ms=Percentiles.of(
-            (r.t_first_token_ns - r.t_scheduled_ns) / NS_PER_MS for r in ok if r.t_scheduled_ns is not None
+            (r.t_first_token_ns - r.t_scheduled_ns) / NS_PER_MS for r in ok
+            if r.t_scheduled_ns is not None and r.t_first_token_ns is not None
         ) if open_loop else None,
         e2e_from_schedule_ms=Percentiles.of(
-            (r.t_last_token_ns - r.t_scheduled_ns) / NS_PER_MS for r in ok if r.t_scheduled_ns is not None
+            (r.t_last_token_ns - r.t_scheduled_ns) / NS_PER_MS for r in ok
+            if r.t_scheduled_ns is not None and r.t_last_token_ns is not None
         ) if open_loop else None,
         usage_missing=sum(1 for r in ok if r.completion_tokens is None),
         merged_chunks=sum(r.merged_chunks for r in ok),

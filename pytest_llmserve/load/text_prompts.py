@@ -58,8 +58,8 @@ def word_tokens(path: str) -> WordTokens:
         raise TokenizerUnavailable(f"no tokenizer at {path}: {type(exc).__name__}: {exc}") from None
     words = []
     for token_id in sorted(tok.get_vocab().values()):
-        text = tok.decode([token_id])
-        if len(text) > 2 and text[0] == " " and text[1:].isascii() and text[1:].isalpha():
+        text = tok.decode([token_id])  # a str for one list of ids (the stubs also allow a batch's list)
+        if isinstance(text, str) and len(text) > 2 and text[0] == " " and text[1:].isascii() and text[1:].isalpha():
             if tok(text, add_special_tokens=False)["input_ids"] == [token_id]:
                 words.append(text)
                 if len(words) >= _MAX_WORDS:

@@ -109,6 +109,7 @@ class Workload:
 
     def describe(self) -> str:
         p, s = self.profile, self.spec
+        assert s.prompts is not None  # a workload's spec carries its prompts
         mean_in = sum(len(x) for x in s.prompts) / len(s.prompts)
         parts = [f"workload {p.name}: {self.nominal.summary}"]
         shape = (f"prefix {p.shared_prefix} shared + " if p.shared_prefix else "") + f"input {p.input.text()}"

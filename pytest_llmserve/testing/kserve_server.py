@@ -347,9 +347,9 @@ def prometheus_text(state: _State) -> str:
         lines.append(f'nv_trt_llm_request_metrics{{{trt},request_type="{kind}"}} {value}')
     lines += ["# HELP nv_trt_llm_kv_cache_block_metrics TRT LLM KV cache block metrics",
               "# TYPE nv_trt_llm_kv_cache_block_metrics gauge"]
-    for kind, value in (("max", m.max_blocks), ("free", m.max_blocks - used), ("used", used),
-                        ("tokens_per", m.tokens_per_block), ("fraction", used / m.max_blocks)):
-        lines.append(f'nv_trt_llm_kv_cache_block_metrics{{{trt},kv_cache_block_type="{kind}"}} {value}')
+    for kind, blocks in (("max", m.max_blocks), ("free", m.max_blocks - used), ("used", used),
+                         ("tokens_per", m.tokens_per_block), ("fraction", used / m.max_blocks)):
+        lines.append(f'nv_trt_llm_kv_cache_block_metrics{{{trt},kv_cache_block_type="{kind}"}} {blocks}')
     return "\n".join(lines) + "\n"
 
 

@@ -184,7 +184,7 @@ def full_response(script: Script, req: Request) -> tuple[int, bytes]:
     if req.chat:
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
                                   "finish_reason": finish}
-        body = {"id": f"chatcmpl-{req.seq}", "object": "chat.completion", "model": script.model,
+        body: dict[str, Any] = {"id": f"chatcmpl-{req.seq}", "object": "chat.completion", "model": script.model,
                 "choices": [choice], "usage": usage}
     else:
         body = {"id": f"cmpl-{req.seq}", "object": "text_completion", "model": script.model,
