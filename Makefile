@@ -9,7 +9,8 @@ install:
 slo: install
 	.venv/bin/python -m pytest -m slo suites/
 
-# The project's own tests (plugin behaviour, client arithmetic, real-vLLM end to end), after the linter.
+# The project's own tests (plugin behaviour, client arithmetic, real-vLLM end to end), after the linter and the type checker.
 test: install
 	.venv/bin/python -m ruff check .
+	.venv/bin/python -m mypy
 	.venv/bin/python -m pytest tests/

@@ -29,7 +29,7 @@ BINARY_SIGMA = 0.5
 def model_label(target: Any) -> str:
     """A file-name-safe model name: a model directory's basename, a hub id with '/' as '--'."""
     model = getattr(target, "model", None) or getattr(target, "name", "model")
-    path = Path(model)
+    path = Path(str(model))
     name = path.name if path.is_absolute() or path.exists() else str(model)
     return name.replace("/", "--").replace("\\", "--") or "model"
 

@@ -177,7 +177,7 @@ class BaselineStore:
 
     def other_hardware_with(self, target: str, test_id: str) -> list[str]:
         """Hardware labels that do have a baseline for this test (to explain a refusal)."""
-        labels = []
+        labels: list[str] = []
         if not self.root.is_dir():
             return labels
         for hw_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != self.hardware):

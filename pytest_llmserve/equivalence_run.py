@@ -65,7 +65,7 @@ def run_equivalence(server: ServerHandle, *, cache_dir: str | Path, default_prom
     t0 = time.perf_counter()
     candidates = fetch_greedy(server.base_url, server.model, [p.token_ids for p in prompts],
                               max_tokens=settings.max_tokens, top_k=settings.top_k,
-                              **({"concurrency": concurrency} if concurrency else {}))
+                              **({"concurrency": concurrency} if concurrency else {}))  # type: ignore[arg-type]  # an int, to the int parameter
     server_s = time.perf_counter() - t0
     log_text = backend_for(server.target.kind).precision_log(server)
     parts = precision_parts(target, log_text)

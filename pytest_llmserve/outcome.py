@@ -79,8 +79,8 @@ class LoadOutcome:
         if keep and refused is None:
             context.append("run invalid: the stored baseline was kept, not overwritten (fix the run, then update)")
         context.append(_client_line(self.result))
-        if self.result.sessions_line():
-            context.append(self.result.sessions_line())
+        if sessions := self.result.sessions_line():
+            context.append(sessions)
         if self.optimisations is not None:
             context += self.optimisations.render().splitlines()
         context += server_lines(self.server_metrics)
@@ -154,9 +154,9 @@ class LoadOutcome:
             if store.add_start:
                 rounds = self._with_stored_starts(rounds, notes)
             checks = gate_checks(rounds, rounds, gate, across_starts=False)
-            entry = (summary_entry(shape_of(self.result.spec), rounds, checks) | server_incumbent.server_field(metrics)
-                     | {"host": host_fingerprint()})
-            store.record_entry(name, self.baseline_id, entry, [round_to_dict(r, BASELINE_METRICS) for r in rounds])
+            recorded = (summary_entry(shape_of(self.result.spec), rounds, checks)
+                        | server_incumbent.server_field(metrics) | {"host": host_fingerprint()})
+            store.record_entry(name, self.baseline_id, recorded, [round_to_dict(r, BASELINE_METRICS) for r in rounds])
             return [MetricComparison(c.metric, c.check.candidate_value, None,
                                      tolerances.get(c.metric) or default_tolerance(c.metric), "recorded")
                     for c in checks]

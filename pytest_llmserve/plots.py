@@ -52,10 +52,10 @@ def save_sweep_png(result: SweepResult, path: str | Path, *, title: str | None =
         for ax, xs, ys in ((ax_tp, cs, tput), (ax_lt, tput, tpot50), (ax_lc, cs, ttft95)):
             ax.scatter([xs[j] for j in bad], [ys[j] for j in bad], s=90, facecolors="white", edgecolors="red",
                        zorder=3, label="run invalid (see notes)" if i == 0 and ax is ax_tp and bad else None)
-    for x in result.crossovers("output_tok_s"):
-        mark = {True: "", False: " (within noise)", None: " (unverified)"}[x.significant]
-        ax_tp.axvline(x.at, color="grey", linestyle=":", linewidth=1)
-        ax_tp.annotate(f"{x.leader_above} overtakes\n{x.leader_below} at c≈{x.at:.3g}{mark}", (x.at, 0.04),
+    for cross in result.crossovers("output_tok_s"):
+        mark = {True: "", False: " (within noise)", None: " (unverified)"}[cross.significant]
+        ax_tp.axvline(cross.at, color="grey", linestyle=":", linewidth=1)
+        ax_tp.annotate(f"{cross.leader_above} overtakes\n{cross.leader_below} at c≈{cross.at:.3g}{mark}", (cross.at, 0.04),
                        xycoords=("data", "axes fraction"), fontsize=7, color="dimgray", rotation=90, va="bottom")
     for ax in (ax_tp, ax_lc):
         ax.set_xscale("log", base=2)

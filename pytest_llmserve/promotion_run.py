@@ -262,7 +262,8 @@ def gate(candidate: ArmSamples, incumbent: ArmSamples, *, metrics: Sequence[str]
         inc, inc_rounds, _ = incumbent.sample(metric)
         if not cand or not inc:
             raise ValueError(f"{metric}: no successful samples ({len(cand)} candidate, {len(inc)} incumbent)")
-        kw = {"higher_is_better": metric == "output_tok_s", "margin": margin, "alpha": alpha, "beta": beta}
+        kw: dict[str, Any] = {"higher_is_better": metric == "output_tok_s", "margin": margin, "alpha": alpha,
+                              "beta": beta}
         if metric == "output_tok_s":
             checks.append(compare_samples(metric, cand, inc, statistic="mean", **kw))
             continue

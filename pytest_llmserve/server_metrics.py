@@ -276,8 +276,8 @@ class MetricsSampler:
 
     def __post_init__(self) -> None:
         self._process: multiprocessing.process.BaseProcess | None = None
-        self._stop = None
-        self._receiver = None
+        self._stop: Any = None  # multiprocessing Event and Connection once started (spawn context types)
+        self._receiver: Any = None
 
     def sample_once(self) -> Sample | None:
         try:

@@ -143,9 +143,10 @@ class SweepResult:
                 how = ("one run per level: repeat the sweep (--repeats 3) to test it against run-to-run noise"
                        if not metric.endswith("_ms") else f"fewer than {_MIN_BOOTSTRAP} requests at a level")
             else:
-                significant = all(not d.contains(0.0) for d in diffs.values())
+                known = {c: d for c, d in diffs.items() if d is not None}  # all of them (checked above)
+                significant = all(not d.contains(0.0) for d in known.values())
                 how = "; ".join(f"c={c}: {a}/{b} − 1 = {d.estimate:+.1%} [{d.low:+.1%}, {d.high:+.1%}]"
-                                for c, d in diffs.items())
+                                for c, d in known.items())
             shaky = [c for c in (lo, hi) if not all(p.valid for t in (a, b) for p in self.runs(t, c))]
             if shaky:
                 how += f"; runs at c={', '.join(map(str, shaky))} are invalid (see notes), so this is not a finding"

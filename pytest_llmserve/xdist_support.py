@@ -161,13 +161,14 @@ class WorkerHooks:
 
     @pytest.hookimpl(tryfirst=True)  # before fixtures start a server
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        if self.slot.refusal and any(name in item.fixturenames for name in SERVER_FIXTURES):
+        if self.slot.refusal and any(name in getattr(item, "fixturenames", ()) for name in SERVER_FIXTURES):
             pytest.fail(self.slot.refusal, pytrace=False)
 
     @pytest.hookimpl(trylast=True)  # after plugin.pytest_sessionfinish has stopped the servers
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         order = [item.nodeid for item in getattr(session, "items", [])]  # absent when collection failed
-        session.config.workeroutput[OUTPUT_KEY] = worker_output(self.state, session.config, order)
+        session.config.workeroutput[OUTPUT_KEY] = worker_output(  # type: ignore[attr-defined]  # set by xdist on a worker
+            self.state, session.config, order)
 
 
 def worker_output(state: LlmserveSession, pconfig: pytest.Config, order: list[str]) -> str:

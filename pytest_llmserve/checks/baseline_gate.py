@@ -220,7 +220,7 @@ def compare_rounds(
     family = f"{m.group(1)}_ms" if m else None
     has_samples = family is not None and all(any(r.samples.get(family) is not None and r.samples[family].size
                                                  for r in side) for side in (baseline, candidate))
-    if has_samples:
+    if has_samples and m is not None and family is not None:
         statistic = m.group(2)
         q = float(statistic[1:])
         sb, sc, spread_var, df = _sample_sides(family, q, baseline, candidate, alpha, np.random.default_rng(seed))

@@ -81,7 +81,7 @@ def flag_state(value: bool | None) -> State:
 
 def quantised(dtype: str | None) -> bool:
     """Whether a dtype name is a quantized format (not auto or a 16/32-bit float)."""
-    return bool(dtype) and dtype.lower() not in ("auto", "none", "null", "float16", "bfloat16", "float32", "half")
+    return dtype is not None and dtype != "" and dtype.lower() not in ("auto", "none", "null", "float16", "bfloat16", "float32", "half")
 
 
 def unknown_report(backend: str, why: str, graphs: GraphVerdict) -> OptimisationsReport:

@@ -120,7 +120,7 @@ def triton_optimisations(
             flag, note = None, f"{key} {raw!r} is not a bool the backend accepts (true/false/1/0)"
         elif flag is None:
             note = f"{key} unset and no backend log read: its default depends on the backend version"
-        state = flag_state(flag)  # type: ignore[arg-type]
+        state = flag_state(flag)
         if state == "on" and fmha is False:
             state, note = "downgraded", "the engine was built without use_paged_context_fmha, which this needs"
         items[name] = Finding(name, state, value, tuple(ev), note)

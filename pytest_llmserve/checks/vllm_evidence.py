@@ -88,8 +88,8 @@ def detect_vllm(log_text: str, *, source: str = "vllm.log", max_batch_size: int 
     last_bar: dict[str, tuple[int, str, re.Match[str]]] = {}
     for i, line in enumerate(lines):
         for seg in line.split("\r"):
-            if m := _BAR.search(seg):
-                last_bar[m["kind"]] = (i + 1, seg, m)
+            if bar := _BAR.search(seg):
+                last_bar[bar["kind"]] = (i + 1, seg, bar)
     bars = {kind: m["mode"] for kind, (_, _, m) in last_bar.items()}
     ev += [Evidence(source, n, seg.strip()) for n, seg, _ in last_bar.values()]
     incomplete = [f"{k} {m['done']}/{m['total']}" for k, (_, _, m) in last_bar.items() if m["done"] != m["total"]]

@@ -134,7 +134,8 @@ def format_table(result: RunResult) -> str:
     s, c = result.summary, result.client_check
     rows = [("TTFT", s.ttft_ms), ("ITL", s.itl_ms), ("TPOT", s.tpot_ms), ("E2E", s.e2e_ms)]
     if s.ttft_from_schedule_ms is not None:
-        rows += [("TTFT from schedule", s.ttft_from_schedule_ms), ("E2E from schedule", s.e2e_from_schedule_ms)]
+        rows += [(name, p) for name, p in (("TTFT from schedule", s.ttft_from_schedule_ms),
+                                             ("E2E from schedule", s.e2e_from_schedule_ms)) if p is not None]
 
     def f(x: float) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"

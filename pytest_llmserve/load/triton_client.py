@@ -64,7 +64,7 @@ class TritonLoadResult:
         send_lag = [r.t_send_ns - r.t_scheduled_ns for r in self.records
                     if not r.warmup and r.t_scheduled_ns is not None and r.t_send_ns is not None]
         # no event-loop probe or kernel timestamps here: arrivals are stamped when a read/callback runs
-        shard = SimpleNamespace(loop_lag_ns=[], read_lag_ns=[], send_lag_ns=send_lag, turnaround_ns=[],
+        shard: Any = SimpleNamespace(loop_lag_ns=[], read_lag_ns=[], send_lag_ns=send_lag, turnaround_ns=[],
                                 kernel_timestamps=False, reconnects=0)
         check = evaluate([shard], self.summary, spec, limits or CheckLimits())
         reasons = invalid_reasons(check, self.summary, self.records, spec, matched=_MATCHED)
@@ -163,6 +163,7 @@ async def _drive(spec: LoadSpec, one: Any) -> list[RawRequest]:
         raws += measured
 
         async def sched(raw: RawRequest) -> None:
+            assert raw.t_sched is not None  # every measured request has its scheduled time (set above)
             delay = (raw.t_sched - time.time_ns()) / 1e9
             if delay > 0:
                 await asyncio.sleep(delay)

@@ -173,7 +173,7 @@ def grpc_inputs(grpcclient: Any, info: ModelInfo, fields: Mapping[str, Any]) -> 
         dtype = _NP_TYPES.get(info.inputs[name])
         if dtype is None:
             raise ValueError(f"input {name!r} has type {info.inputs[name]}, which this client does not send")
-        data = np.array([value.encode() if isinstance(value, str) else value], dtype=np_types[dtype])
+        data: np.ndarray = np.array([value.encode() if isinstance(value, str) else value], dtype=np_types[dtype])
         if info.max_batch_size > 0:
             data = data.reshape(1, 1)
         tensor = grpcclient.InferInput(name, list(data.shape), dtype)

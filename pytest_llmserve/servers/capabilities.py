@@ -125,7 +125,7 @@ class Capabilities:
 def common(caps: list[Capabilities]) -> Capabilities:
     """What every one of several servers accepts (sweeps and A/B runs send all of them the same requests)."""
     first = caps[0]
-    flags = {k: all(getattr(c, k) for c in caps) for k, (kind, _) in OVERRIDES.items() if kind is bool}
+    flags: dict[str, Any] = {k: all(getattr(c, k) for c in caps) for k, (kind, _) in OVERRIDES.items() if kind is bool}
     tokenizer = next((c.tokenizer for c in caps if c.tokenizer), None)
     return dataclasses.replace(first, **flags, tokenizer=tokenizer,
                                notes=tuple(n for c in caps for n in c.notes))
@@ -370,8 +370,8 @@ def parse_override_args(items: list[str]) -> dict[str, Any]:
             else value.strip()
     problem = validate_overrides(out)
     if problem:
-        key, value, what = problem
-        raise ValueError(f"--capability {key}={value!r}: {what}")
+        bad_key, value, what = problem
+        raise ValueError(f"--capability {bad_key}={value!r}: {what}")
     return out
 
 
