@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pytest_llmserve.checks.divergence import compare_engines  # noqa: E402
-from pytest_llmserve.config import load_config  # noqa: E402
-from pytest_llmserve.engine_equivalence_run import EngineEquivalenceSettings, engine_prompts  # noqa: E402
-from pytest_llmserve.engine_outputs import cached_side, engine_version, side_identity  # noqa: E402
+from pytest_llmserve.settings.config import load_config  # noqa: E402
+from pytest_llmserve.gates.engine_equivalence import EngineEquivalenceSettings, engine_prompts  # noqa: E402
+from pytest_llmserve.reference.engine_outputs import cached_side, engine_version, side_identity  # noqa: E402
 from pytest_llmserve.servers.lifecycle import ServerPool  # noqa: E402
 
 PROMPTS = ROOT / "fixtures" / "prompts" / "stdlib-64.jsonl"

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pytest_llmserve.checks.near_tie import EquivalenceSettings  # noqa: E402
-from pytest_llmserve.config import load_config  # noqa: E402
-from pytest_llmserve.equivalence_run import run_equivalence  # noqa: E402
+from pytest_llmserve.settings.config import load_config  # noqa: E402
+from pytest_llmserve.gates.equivalence import run_equivalence  # noqa: E402
 from pytest_llmserve.servers.lifecycle import ServerPool  # noqa: E402
 from pytest_llmserve.testing import broken_weights  # noqa: E402
 
@@ -106,7 +106,7 @@ NOISE_GRID = ((0, 0.25, "mlp"), (2, 0.25, "mlp"), (2, 0.5, "mlp"), (2, 1.0, "mlp
 def hf_grid() -> None:
     """Noise grid on the held-out model with HF bf16 standing in for the engine (no server; cf. the CPU vLLM's 1.0x)."""
     from pytest_llmserve.checks.calibration import calibrate
-    from pytest_llmserve.reference import cached_reference, hf_greedy, load_prompts
+    from pytest_llmserve.reference.hf import cached_reference, hf_greedy, load_prompts
 
     ensure_heldout()
     prompts = load_prompts(HELDOUT_PROMPTS, HELDOUT)

@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pytest_llmserve.config import load_config
+from pytest_llmserve.settings.config import load_config
 from pytest_llmserve.servers.lifecycle import ServerPool
-from pytest_llmserve.equivalence_run import run_equivalence
-from pytest_llmserve.reference import make_perturbed_model, forward_passes
-from pytest_llmserve.server_logprobs import completion_body
+from pytest_llmserve.gates.equivalence import run_equivalence
+from pytest_llmserve.reference.hf import make_perturbed_model, forward_passes
+from pytest_llmserve.evidence.server_logprobs import completion_body
 from pytest_llmserve.checks.near_tie import UNIT_ROUNDOFF
 
 PROMPTS = ROOT / "fixtures/prompts/stdlib-64.jsonl"

@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pytest_llmserve.accuracy_tasks import load_task, paired_arrays, score_task  # noqa: E402
+from pytest_llmserve.reference.accuracy_tasks import load_task, paired_arrays, score_task  # noqa: E402
 from pytest_llmserve.checks.accuracy_gate import accuracy_gate  # noqa: E402
-from pytest_llmserve.config import Target  # noqa: E402
+from pytest_llmserve.settings.config import Target  # noqa: E402
 
 TINY = ROOT / "fixtures" / "tiny-llama"
 VLLM_ARGS = ("--max-model-len", "1024", "--max-num-seqs", "32")

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pytest_llmserve.checks.accuracy_gate import accuracy_gate  # noqa: E402
 from pytest_llmserve.checks.promotion import compare_samples, compare_to_stored  # noqa: E402
-from pytest_llmserve.stats import bootstrap_percentile_ci  # noqa: E402
+from pytest_llmserve.checks.stats import bootstrap_percentile_ci  # noqa: E402
 
 ALPHA, BETA = 0.05, 0.2
 

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pytest_llmserve.cli import sweep  # noqa: E402
-from pytest_llmserve.config import Target  # noqa: E402
+from pytest_llmserve.settings.config import Target  # noqa: E402
 from pytest_llmserve.hardware import inventory_from_env_or_option  # noqa: E402
 from pytest_llmserve.servers.lifecycle import ServerPool  # noqa: E402
 

@@ -31,7 +31,7 @@ from pytest_llmserve.checks.near_tie import (
     UNIT_ROUNDOFF,
     ToleranceModel,
 )
-from pytest_llmserve.reference import (
+from pytest_llmserve.reference.hf import (
     DEFAULT_BATCH_SIZE,
     _batches,
     _fp32_matmul,

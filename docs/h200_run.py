@@ -82,7 +82,7 @@ def _greedy(model_dir: Path, ids: Sequence[Sequence[int]], dtype: str, depth: in
     import torch
     from transformers import AutoModelForCausalLM
 
-    from pytest_llmserve.reference import DEFAULT_BATCH_SIZE, _batches, _fp32_matmul, _greedy_batch
+    from pytest_llmserve.reference.hf import DEFAULT_BATCH_SIZE, _batches, _fp32_matmul, _greedy_batch
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype)).to(device).eval()
     model = _truncated(model, depth)
@@ -107,7 +107,7 @@ def calibrate(model_dir: Path, depths: Sequence[int], *, device: str, max_tokens
 
     from pytest_llmserve.checks.equivalence import compare_all
     from pytest_llmserve.checks.near_tie import DEFAULT_MIN_EXACT_MATCH_RATE, ToleranceModel
-    from pytest_llmserve.reference import decoder, load_prompts
+    from pytest_llmserve.reference.hf import decoder, load_prompts
 
     import transformers
 
@@ -369,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.cmd == "graphs":
         from pytest_llmserve.checks.graph_timing import decide_sweep
-        from pytest_llmserve.sweep import SweepResult
+        from pytest_llmserve.gates.sweep import SweepResult
 
         result = SweepResult.from_dict(json.loads(Path(a.sweep).read_text()))
         for target, control in ((a.target, a.control), (a.control, a.target)):

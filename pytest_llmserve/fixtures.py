@@ -7,20 +7,20 @@ from typing import Any, Callable, NoReturn
 
 import pytest
 
-from . import benchmark_bridge
-from .config import ConfigError, Target
-from .baseline_ids import baseline_id
-from .baseline_samples import check_shape
-from .baselines import BaselineError, is_statistical
-from .drive import client_count, drive_server, start_metrics
+from .integrations import benchmark as benchmark_bridge
+from .settings.config import ConfigError, Target
+from .store.baseline_ids import baseline_id
+from .store.baseline_samples import check_shape
+from .store.baselines import BaselineError, is_statistical
+from .gates.drive import client_count, drive_server, start_metrics
 from .load import LoadProgress, LoadSpec, RunResult
 from .load.fit import FittedLoad, fit_load
 from .load.trace import TraceReplay
 from .load.workloads import Workload, workload
-from .measure import Planner, baseline_rounds, measure, merge_results, plan_mode
-from .outcome import LoadOutcome
-from .progress import Heartbeat, pytest_emitter
-from .server_info import CacheReset, max_model_len, reset_prefix_cache
+from .gates.measure import Planner, baseline_rounds, measure, merge_results, plan_mode
+from .gates.outcome import LoadOutcome
+from .report.progress import Heartbeat, pytest_emitter
+from .servers.info import CacheReset, max_model_len, reset_prefix_cache
 from .servers.base import HostUnsupported, ServerError, ServerHandle
 from .session import get_session
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from . import benchmark_bridge, markers, options, progress, report, xdist_support
-from .baseline_ids import baseline_id
+from .integrations import benchmark as benchmark_bridge
+from . import markers
+from .settings import pytest_options as options
+from .report import progress
+from .report import summary as report
+from .integrations import xdist as xdist_support
+from .store.baseline_ids import baseline_id
 from .checks.slo import validate_limits
 from .fixtures import _llm_server_session, llm_load, llm_server, llm_servers, llm_target  # noqa: F401  (fixtures)
-from .header import header_lines
+from .report.header import header_lines
 from .session import SESSION_KEY, LlmserveSession, get_session
 
 MARKERS = (

@@ -10,9 +10,9 @@ from typing import Any, Callable
 
 import pytest
 
-from . import options
-from .baselines import BaselineStore
-from .config import ConfigError, LlmserveConfig, Target, find_config_file, load_config
+from .settings import pytest_options as options
+from .store.baselines import BaselineStore
+from .settings.config import ConfigError, LlmserveConfig, Target, find_config_file, load_config
 from .hardware import HardwareContext, inventory_from_env_or_option
 from .servers.lifecycle import ServerPool
 
@@ -128,13 +128,13 @@ class LlmserveSession:
         self.note_leftovers(self.pool.stop_all())  # keeps those merged from xdist workers
         if self.xdist_worker is not None:
             return  # the controller writes the merged reports
-        from .report import write_reports
+        from .report.summary import write_reports
 
         write_reports(self)
 
     def optimisations_of(self, handle: Any) -> Any:
         """The server's optimisations report, read once per server from its start-up evidence."""
-        from .evidence import optimisations_for
+        from .evidence.optimisations import optimisations_for
 
         key = f"{handle.target.name}@{handle.base_url}"
         if key not in self.optimisations:
@@ -152,13 +152,13 @@ class LlmserveSession:
 
     def repeats(self, gate: Any) -> int:
         """Rounds to record: option (CLI > env > ini), else the config's baseline_gate.repeats, else 5."""
-        from .measure import DEFAULT_REPEATS
+        from .gates.measure import DEFAULT_REPEATS
 
         return next(v for v in (self.repeats_option, gate.repeats, DEFAULT_REPEATS) if v is not None)
 
     def retries(self, gate: Any) -> int:
         """Re-measurements of an invalid round: option, else baseline_gate.retries, else 2."""
-        from .measure import DEFAULT_RETRIES
+        from .gates.measure import DEFAULT_RETRIES
 
         return next(v for v in (self.retries_option, gate.retries, DEFAULT_RETRIES) if v is not None)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmserve.config import Target
+from pytest_llmserve.settings.config import Target
 from pytest_llmserve.servers.base import ServerHandle
 from pytest_llmserve.servers.lifecycle import ServerPool
 

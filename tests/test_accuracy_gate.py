@@ -13,7 +13,7 @@ from pytest_llmserve.checks.accuracy_gate import (
     trtllm_min_detectable,
     trtllm_threshold,
 )
-from pytest_llmserve.stats import binomial_cdf, binomial_sf
+from pytest_llmserve.checks.stats import binomial_cdf, binomial_sf
 
 
 def paired_binary(rng: np.random.Generator, n: int, acc: float, churn: float, drop: float) -> tuple[np.ndarray, np.ndarray]:

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_llmserve.accuracy_refs import AccuracyReferences, model_label
-from pytest_llmserve.accuracy_run import ScoredTarget, compare_scored
-from pytest_llmserve.accuracy_tasks import (
+from pytest_llmserve.store.accuracy_refs import AccuracyReferences, model_label
+from pytest_llmserve.gates.accuracy import ScoredTarget, compare_scored
+from pytest_llmserve.reference.accuracy_tasks import (
     ItemScore,
     ScoringError,
     Task,
@@ -27,8 +27,8 @@ from pytest_llmserve.accuracy_tasks import (
     position_logprobs,
     score_task,
 )
-from pytest_llmserve.config import Target
-from pytest_llmserve.precision import PrecisionInfo
+from pytest_llmserve.settings.config import Target
+from pytest_llmserve.evidence.precision import PrecisionInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "fixtures" / "tasks"

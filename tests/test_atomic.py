@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pytest_llmserve import atomic
-from pytest_llmserve.atomic import atomic_write_json, atomic_write_text
+from pytest_llmserve.store import atomic
+from pytest_llmserve.store.atomic import atomic_write_json, atomic_write_text
 
 
 def test_writes_reviewable_json_readable_by_everyone(tmp_path):

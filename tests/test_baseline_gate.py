@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_llmserve.baseline_samples import check_shape, shape_of, sidecar_path
-from pytest_llmserve.baselines import BaselineError, BaselineStore
+from pytest_llmserve.store.baseline_samples import check_shape, shape_of, sidecar_path
+from pytest_llmserve.store.baselines import BaselineError, BaselineStore
 from pytest_llmserve.checks.baseline_gate import Round, all_precise, compare_rounds
-from pytest_llmserve.config import ConfigError, parse_config
+from pytest_llmserve.settings.config import ConfigError, parse_config
 from pytest_llmserve.load import LoadSpec
 from pytest_llmserve.load.workloads import PROFILES, workload
 

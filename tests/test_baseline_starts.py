@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_llmserve.baseline_samples import round_from_dict, round_to_dict
-from pytest_llmserve.baselines import BaselineError, BaselineStore
+from pytest_llmserve.store.baseline_samples import round_from_dict, round_to_dict
+from pytest_llmserve.store.baselines import BaselineError, BaselineStore
 from pytest_llmserve.checks.baseline_gate import Round, compare_rounds, start_spread
 
 ALPHA = 0.05 / 3  # the default gate: α = 0.05 over three gated metrics

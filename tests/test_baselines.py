@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_llmserve.baselines import BaselineError, BaselineStore, round_significant
-from pytest_llmserve.config import Tolerance
+from pytest_llmserve.store.baselines import BaselineError, BaselineStore, round_significant
+from pytest_llmserve.settings.config import Tolerance
 
 TOL = {"ttft_p95_ms": Tolerance(rel=0.1, abs=1.0), "output_tok_s": Tolerance(rel=0.1)}
 

@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from pytest_llmserve.benchmark_bridge import LoadBenchmark, entry_for_run, wanted
-from pytest_llmserve.config import Target
+from pytest_llmserve.integrations.benchmark import LoadBenchmark, entry_for_run, wanted
+from pytest_llmserve.settings.config import Target
 from pytest_llmserve.load import LoadSpec, run_load
 from pytest_llmserve.testing import Script, TruthServer
 

@@ -11,8 +11,8 @@ from pytest_llmserve.checks.calibration import calibrate, profile
 from pytest_llmserve.checks.equivalence import Continuation
 from pytest_llmserve.checks.near_tie import EquivalenceSettings, ToleranceModel
 from pytest_llmserve.checks.precision_parts import precision_parts
-from pytest_llmserve.cluster_stats import cluster_summary
-from pytest_llmserve.config import Target
+from pytest_llmserve.checks.cluster_stats import cluster_summary
+from pytest_llmserve.settings.config import Target
 
 STEPS = 24
 VLLM_LOG = ("INFO Initializing a V1 LLM engine (v0.32.0) with config: model='m', dtype=torch.bfloat16, "

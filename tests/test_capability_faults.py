@@ -18,11 +18,12 @@ from typing import Callable
 import pytest
 
 from pytest_llmserve.cli import main as cli_main
-from pytest_llmserve.config import Target
+from pytest_llmserve.settings.config import Target
 from pytest_llmserve.load import LoadSpec, run_load
 from pytest_llmserve.load.fit import fit_load
 from pytest_llmserve.servers.base import ServerStartError
-from pytest_llmserve.servers.capabilities import Capabilities, probe_url
+from pytest_llmserve.servers.capabilities import Capabilities
+from pytest_llmserve.servers.capability_probe import probe_url
 from pytest_llmserve.servers.lifecycle import start_server
 from pytest_llmserve.testing import Script, TruthServer
 
@@ -190,7 +191,7 @@ def test_only_min_tokens_accepted_forces_the_work_with_it_alone():
     ("", False),
 ])
 def test_prometheus_text_is_told_from_json_and_html(text, expected):
-    from pytest_llmserve.servers.capabilities import is_prometheus_text
+    from pytest_llmserve.servers.capability_probe import is_prometheus_text
 
     assert is_prometheus_text(text) is expected
 

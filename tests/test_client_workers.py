@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmserve.config import Target
-from pytest_llmserve.drive import STREAMS_PER_WORKER, client_options
+from pytest_llmserve.settings.config import Target
+from pytest_llmserve.gates.drive import STREAMS_PER_WORKER, client_options
 from pytest_llmserve.load import LoadSpec
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_llmserve.config import ConfigError, Tolerance, find_config_file, load_config, parse_config
+from pytest_llmserve.settings.config import ConfigError, Tolerance, find_config_file, load_config, parse_config
 
 
 def _write(tmp_path: Path, text: str, name: str = "llmserve.toml") -> Path:

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from pytest_llmserve import drive as drive_mod
-from pytest_llmserve.config import Target
-from pytest_llmserve.drive import client_count, drive, drive_server, pinned, start_metrics
+from pytest_llmserve.gates import drive as drive_mod
+from pytest_llmserve.settings.config import Target
+from pytest_llmserve.gates.drive import client_count, drive, drive_server, pinned, start_metrics
 from pytest_llmserve.load import LoadProgress, LoadSpec
 from pytest_llmserve.servers.base import ServerHandle
 

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from pytest_llmserve.checks.divergence import (PromptDivergence, compare_engines, first_divergence, prompts_needed,
                                                rate_interval, verdict_of)
 from pytest_llmserve.checks.equivalence import Continuation
-from pytest_llmserve.engine_equivalence_run import EngineEquivalenceSettings
-from pytest_llmserve.prompt_windows import window_prompts
-from pytest_llmserve.reference import Prompt
-from pytest_llmserve.stats import Interval, wilson_interval
+from pytest_llmserve.gates.engine_equivalence import EngineEquivalenceSettings
+from pytest_llmserve.reference.prompt_windows import window_prompts
+from pytest_llmserve.reference.hf import Prompt
+from pytest_llmserve.checks.stats import Interval, wilson_interval
 
 tokens = st.lists(st.integers(0, 5), max_size=12)
 

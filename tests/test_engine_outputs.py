@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from pytest_llmserve.config import Target
-from pytest_llmserve.engine_outputs import cached_side, dir_fingerprint, side_identity
-from pytest_llmserve.reference import Prompt
-from pytest_llmserve.server_logprobs import fetch_greedy_until
+from pytest_llmserve.settings.config import Target
+from pytest_llmserve.reference.engine_outputs import cached_side, dir_fingerprint, side_identity
+from pytest_llmserve.reference.hf import Prompt
+from pytest_llmserve.evidence.server_logprobs import fetch_greedy_until
 from pytest_llmserve.testing import Script, TruthServer
 from pytest_llmserve.testing.truth_script import greedy_tokens
 

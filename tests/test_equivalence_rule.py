@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pytest_llmserve.checks.equivalence import Continuation, compare_all, compare_continuation
 from pytest_llmserve.checks.near_tie import (DEFAULT_TOLERANCE_SCALE, UNIT_ROUNDOFF, EquivalenceSettings, ToleranceModel, normalize_precision,
                                              precision_of)
-from pytest_llmserve.config import Target
+from pytest_llmserve.settings.config import Target
 
 VOCAB = 12
 TOL = ToleranceModel("bfloat16", n_layers=4)

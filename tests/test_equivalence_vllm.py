@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pytest_llmserve.server_logprobs import (ServerLogprobsError, completion_body, fetch_greedy, parse_choice,
+from pytest_llmserve.evidence.server_logprobs import (ServerLogprobsError, completion_body, fetch_greedy, parse_choice,
                                              parse_token)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def reference_cache(tmp_path_factory) -> Path:
 
 def _run(handle, cache: Path, target=None):
     from pytest_llmserve.checks.near_tie import EquivalenceSettings
-    from pytest_llmserve.equivalence_run import run_equivalence
+    from pytest_llmserve.gates.equivalence import run_equivalence
 
     settings = EquivalenceSettings(max_tokens=MAX_TOKENS)
     return run_equivalence(handle, cache_dir=cache, default_prompts=PROMPTS, target=target, settings=settings,
@@ -136,7 +136,7 @@ def test_cpu_vllm_on_the_tiny_model_is_equivalent_to_the_hf_reference(tiny_vllm,
 @needs_tiny
 def test_perturbed_weights_fail_with_a_report_pointing_at_the_first_divergence(tiny_vllm, server_pool, reference_cache,
                                                                               tmp_path_factory):
-    from pytest_llmserve.reference import make_perturbed_model
+    from pytest_llmserve.reference.hf import make_perturbed_model
 
     path = make_perturbed_model(TINY_MODEL, tmp_path_factory.mktemp("perturbed") / "tiny-perturbed",
                                 layer=PERTURBED_LAYER, scale=PERTURBED_SCALE, seed=0)

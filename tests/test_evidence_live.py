@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmserve.evidence import assert_cuda_graphs, optimisations_for
+from pytest_llmserve.evidence.optimisations import assert_cuda_graphs, optimisations_for
 
 
 def test_cpu_vllm_reports_graphs_off_quoting_its_config_dump(tiny_vllm):

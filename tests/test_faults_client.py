@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmserve.baselines import BaselineStore
+from pytest_llmserve.store.baselines import BaselineStore
 from pytest_llmserve.checks.slo import BASELINE_METRICS
 
 from pytest_llmserve.load import ClientOptions, LoadSpec, run_load

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_llmserve.checks.server_slo import FRACTION_KEYS
-from pytest_llmserve.config import KINDS, SLO_KEYS, ConfigError, parse_config
+from pytest_llmserve.settings.config import KINDS, SLO_KEYS, ConfigError, parse_config
 from pytest_llmserve.testing import Script, TruthServer
 
 from test_faults_server import ROOT
@@ -235,7 +235,7 @@ def test_a_metric_the_run_cannot_measure_is_never_recorded_so_the_next_run_still
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "true", '"12"'])
 def test_a_baseline_entry_that_is_not_a_finite_number_is_a_corrupt_file_and_kept(tmp_path, value):
-    from pytest_llmserve.baselines import BaselineError, BaselineStore
+    from pytest_llmserve.store.baselines import BaselineError, BaselineStore
 
     path = tmp_path / "hw" / "t.json"
     path.parent.mkdir()

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pytest_llmserve.config import Target
+from pytest_llmserve.settings.config import Target
 from pytest_llmserve.servers import lifecycle
 from pytest_llmserve.servers.base import PortCollision, ServerStartError
 from pytest_llmserve.servers.lifecycle import ServerPool, start_server

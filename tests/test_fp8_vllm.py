@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_llmserve.accuracy_run import DEFAULT_TOLERANCE, ScoredTarget, compare_scored, score_server
-from pytest_llmserve.accuracy_tasks import load_task
-from pytest_llmserve.precision import precision_of
-from pytest_llmserve.reference import make_perturbed_model
+from pytest_llmserve.gates.accuracy import DEFAULT_TOLERANCE, ScoredTarget, compare_scored, score_server
+from pytest_llmserve.reference.accuracy_tasks import load_task
+from pytest_llmserve.evidence.precision import precision_of
+from pytest_llmserve.reference.hf import make_perturbed_model
 from pytest_llmserve.servers.base import HostUnsupported
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_llmserve.checks.graph_timing import decide, decide_sweep
-from pytest_llmserve.sweep import SweepPoint, SweepResult, SweepTarget
+from pytest_llmserve.gates.sweep import SweepPoint, SweepResult, SweepTarget
 
 DATA = Path(__file__).parent / "data" / "timing"
 RUNS = ("h200_hf_serve_graphs.json", "h200_hf_serve_graphs_seed1.json")  # two device calls, two machines

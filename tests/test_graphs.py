@@ -16,7 +16,7 @@ from pytest_llmserve.checks.log_evidence import locate_key, pbtxt_parameters, re
 from pytest_llmserve.checks.triton_evidence import detect_triton
 from pytest_llmserve.checks.trtllm_evidence import detect_trtllm
 from pytest_llmserve.checks.vllm_evidence import detect_vllm
-from pytest_llmserve.config import Target
+from pytest_llmserve.settings.config import Target
 from pytest_llmserve.servers.base import ServerHandle
 from pytest_llmserve.servers.registry import backend_for
 

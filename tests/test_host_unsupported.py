@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_llmserve.config import Target
+from pytest_llmserve.settings.config import Target
 from pytest_llmserve.hardware.cpu_features import parse_cpu_flags
 from pytest_llmserve.servers import vllm
 from pytest_llmserve.servers.base import root_cause

@@ -100,7 +100,7 @@ def test_verified_work_is_checked_against_each_requests_own_length():
 def test_merged_rounds_keep_the_work_statement_of_their_fitted_load():
     # the SLO suite measures several rounds; the report's `work` (matched work, prompt form) must survive the merge
     from pytest_llmserve.load import run_load
-    from pytest_llmserve.measure import merge_results
+    from pytest_llmserve.gates.measure import merge_results
     from pytest_llmserve.testing import Script, TruthServer
 
     fitted = fit_load(LoadSpec(concurrency=1, requests=2, warmup=0, input_len=4, output_len=2),

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from filelock import Timeout
 
-from pytest_llmserve.accuracy_refs import AccuracyReferences
-from pytest_llmserve.baselines import BaselineStore
-from pytest_llmserve.locks import LOCK_DIR_ENV, lock_for, lock_path
-from pytest_llmserve.precision import PrecisionInfo
+from pytest_llmserve.store.accuracy_refs import AccuracyReferences
+from pytest_llmserve.store.baselines import BaselineStore
+from pytest_llmserve.store.locks import LOCK_DIR_ENV, lock_for, lock_path
+from pytest_llmserve.evidence.precision import PrecisionInfo
 
 # Holds the lock for argv[1], says "held" on stdout, releases it when its stdin gets a line.
 HOLDER = """
 import sys
-from pytest_llmserve.locks import lock_for
+from pytest_llmserve.store.locks import lock_for
 with lock_for(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.readline()

@@ -14,7 +14,7 @@ from pytest_llmserve.checks.optimisations import NAMES, OptimisationsReport
 from pytest_llmserve.checks.triton_evidence import triton_optimisations
 from pytest_llmserve.checks.trtllm_evidence import trtllm_optimisations
 from pytest_llmserve.checks.vllm_evidence import vllm_optimisations
-from pytest_llmserve.config import Target
+from pytest_llmserve.settings.config import Target
 from pytest_llmserve.servers.base import ServerHandle
 from pytest_llmserve.servers.registry import backend_for
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_llmserve.options import OPTIONS, OptionSpec, convert
+from pytest_llmserve.settings.pytest_options import OPTIONS, OptionSpec, convert
 from pytest_llmserve.testing import Script, TruthServer
 
 ROUTES = ("cli", "env", "ini")  # precedence order

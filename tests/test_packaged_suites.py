@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmserve.baseline_ids import baseline_id
-from pytest_llmserve.config import Target
+from pytest_llmserve.store.baseline_ids import baseline_id
+from pytest_llmserve.settings.config import Target
 from pytest_llmserve.testing import Script, TruthServer
 
 ROOT = Path(__file__).resolve().parents[1]

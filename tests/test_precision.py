@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_llmserve.config import Target
-from pytest_llmserve.precision import (
+from pytest_llmserve.settings.config import Target
+from pytest_llmserve.evidence.precision import (
     PrecisionInfo,
     PrecisionUnknown,
     from_engine_config,

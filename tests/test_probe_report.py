@@ -8,13 +8,13 @@ import json
 
 import pytest
 
-from pytest_llmserve.config import Target
-from pytest_llmserve.header import probe_line
+from pytest_llmserve.settings.config import Target
+from pytest_llmserve.report.header import probe_line
 from pytest_llmserve.servers.capabilities import Capabilities
 from pytest_llmserve.testing import Script, TruthServer
 
 NEEDS_LOGPROBS = """
-from pytest_llmserve.suite_options import require_capabilities
+from pytest_llmserve.settings.suite_options import require_capabilities
 
 def test_needs_logprobs(llm_server):
     require_capabilities(llm_server, "logprobs", suite="equivalence")

@@ -17,7 +17,7 @@ from pytest_llmserve.checks.promotion import (
     parse_statistic,
     promote,
 )
-from pytest_llmserve.stats import binomial_cdf, binomial_sf
+from pytest_llmserve.checks.stats import binomial_cdf, binomial_sf
 
 
 def ttft(rng: np.random.Generator, n: int, scale: float = 1.0, sigma: float = 0.5) -> np.ndarray:

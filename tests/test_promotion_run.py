@@ -10,7 +10,7 @@ import pytest
 
 from pytest_llmserve import cli
 from pytest_llmserve.load import LoadSpec
-from pytest_llmserve.promotion_run import (
+from pytest_llmserve.gates.promotion import (
     ABRun,
     Arm,
     ArmSamples,

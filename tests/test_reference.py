@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from pytest_llmserve import reference as ref  # noqa: E402
-from pytest_llmserve.reference import Prompt, ReferenceError  # noqa: E402
+from pytest_llmserve.reference import hf as ref  # noqa: E402
+from pytest_llmserve.reference.hf import Prompt, ReferenceError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "fixtures" / "tiny-llama"

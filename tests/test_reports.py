@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmserve.entry_store import EntryChange
-from pytest_llmserve.outcome import server_lines
-from pytest_llmserve.progress import Heartbeat, Snapshot, default_interval, format_progress
-from pytest_llmserve.report import change_lines
-from pytest_llmserve.server_metrics import Sample, summarize_samples
+from pytest_llmserve.store.entries import EntryChange
+from pytest_llmserve.gates.outcome import server_lines
+from pytest_llmserve.report.progress import Heartbeat, Snapshot, default_interval, format_progress
+from pytest_llmserve.report.summary import change_lines
+from pytest_llmserve.evidence.server_metrics import Sample, summarize_samples
 from pytest_llmserve.testing import Script, TruthServer
 
 TESTS = """

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pytest_llmserve.config import Target
+from pytest_llmserve.settings.config import Target
 from pytest_llmserve.servers.lifecycle import start_server
 from pytest_llmserve.servers.process import ManagedProcess, free_port
 

@@ -13,7 +13,7 @@ import threading
 import httpx
 import pytest
 
-from pytest_llmserve.server_metrics import (
+from pytest_llmserve.evidence.server_metrics import (
     MetricsSampler,
     Sample,
     canonical_from_iteration_stats,

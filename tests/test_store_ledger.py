@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmserve.accuracy_refs import AccuracyReferences, unused_references
-from pytest_llmserve.baselines import BaselineStore
-from pytest_llmserve.entry_store import EntryChange, StoreLedger
-from pytest_llmserve.precision import PrecisionInfo
+from pytest_llmserve.store.accuracy_refs import AccuracyReferences, unused_references
+from pytest_llmserve.store.baselines import BaselineStore
+from pytest_llmserve.store.entries import EntryChange, StoreLedger
+from pytest_llmserve.evidence.precision import PrecisionInfo
 
 BF16 = PrecisionInfo("bfloat16", None, None, "declared", "test")
 FP8 = PrecisionInfo("bfloat16", "fp8", None, "declared", "test")
@@ -19,8 +19,8 @@ SUMMARY = {"accuracy": 0.5, "mean_loglik": -1.0, "n": 10}
 
 # A stand-in for the accuracy suite: checks (or records) references of the tasks named in TASKS.
 REFS_TEST = """
-from pytest_llmserve.accuracy_refs import AccuracyReferences
-from pytest_llmserve.precision import PrecisionInfo
+from pytest_llmserve.store.accuracy_refs import AccuracyReferences
+from pytest_llmserve.evidence.precision import PrecisionInfo
 from pytest_llmserve.session import get_session
 
 TASKS = {tasks!r}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmserve.config import Target
-from pytest_llmserve.suite_options import partner_target_name
+from pytest_llmserve.settings.config import Target
+from pytest_llmserve.settings.suite_options import partner_target_name
 
 
 def _target(**options) -> Target:  # noqa: ANN003

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_llmserve.config import ConfigError, Target, parse_config
-from pytest_llmserve.option_tables import SUITE_OPTION_KEYS
-from pytest_llmserve.suite_tables import OptionError, PromotionTable, SuiteTables, suite_tables
+from pytest_llmserve.settings.config import ConfigError, Target, parse_config
+from pytest_llmserve.settings.option_tables import SUITE_OPTION_KEYS
+from pytest_llmserve.settings.suite_tables import OptionError, PromotionTable, SuiteTables, suite_tables
 
 
 def _load(options, kind="openai"):

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_llmserve import cli
-from pytest_llmserve.plots import save_sweep_png
+from pytest_llmserve.report.plots import save_sweep_png
 from pytest_llmserve.cli.args import parse_named
-from pytest_llmserve.sweep import SweepPoint, SweepResult, SweepTarget, run_sweep
+from pytest_llmserve.gates.sweep import SweepPoint, SweepResult, SweepTarget, run_sweep
 from pytest_llmserve.testing import Script, TruthServer
 
 WORK = {"requests_per_level": 64, "warmup": 0, "input_len": 8, "output_len": 8, "endpoint": "completions",

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_llmserve.config import Target
+from pytest_llmserve.settings.config import Target
 from pytest_llmserve.load.records import RequestRecord
 from pytest_llmserve.load.spec import CheckLimits, ClientOptions, LoadSpec
 from pytest_llmserve.load.triton_client import run_grpc, run_http, run_triton_load

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_llmserve.config import Target
+from pytest_llmserve.settings.config import Target
 from pytest_llmserve.engines import EngineHandle, read_engine_config
 from pytest_llmserve.servers.base import ServerStartError
 from pytest_llmserve.servers.triton import TritonBackend, tritonserver_argv
-from pytest_llmserve.triton_repo import (
+from pytest_llmserve.servers.triton_repo import (
     TritonRepoError,
     fill_template,
     format_substitutions,

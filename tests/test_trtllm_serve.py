@@ -21,7 +21,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_llmserve.config import Target
+from pytest_llmserve.settings.config import Target
 from pytest_llmserve.engines import EngineHandle, read_engine_config
 from pytest_llmserve.servers.base import ServerStartError
 from pytest_llmserve.servers.lifecycle import start_server
@@ -140,7 +140,7 @@ def test_every_options_key_a_suite_reads_is_declared_a_suite_key():
     """Scan the plugin outside servers/ for literal option keys, so a new suite key cannot leak to a backend."""
     import re
 
-    from pytest_llmserve.option_tables import SUITE_OPTION_KEYS
+    from pytest_llmserve.settings.option_tables import SUITE_OPTION_KEYS
 
     root = Path(__file__).resolve().parents[1] / "pytest_llmserve"
     found: set[str] = set()

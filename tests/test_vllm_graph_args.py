@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pytest_llmserve.checks.vllm_args import parse_vllm_args
-from pytest_llmserve.config import Target
-from pytest_llmserve.evidence import cuda_graphs_for
+from pytest_llmserve.settings.config import Target
+from pytest_llmserve.evidence.optimisations import cuda_graphs_for
 from pytest_llmserve.servers.base import ServerHandle
 
 LOGS = Path(__file__).parent / "data" / "logs"

@@ -16,7 +16,7 @@ from pytest_llmserve.checks.slo import SloEvaluation, validate_limits
 from pytest_llmserve.load import run_load
 from pytest_llmserve.load.trace import SHIPPED_TRACE, TraceRequest, lateness, load_trace, parse_line, trace_spec
 from pytest_llmserve.load.workloads import PROFILES, workload
-from pytest_llmserve.server_metrics import Sample, canonical_from_prometheus, parse_prometheus, summarize_samples
+from pytest_llmserve.evidence.server_metrics import Sample, canonical_from_prometheus, parse_prometheus, summarize_samples
 
 VLLM_PREFIX = """\
 # TYPE vllm:prefix_cache_queries counter
@@ -229,7 +229,7 @@ def test_llm_load_replays_traces_and_an_unmeasurable_gate_fails_saying_why(pytes
 
 
 def test_the_workloads_table_is_validated_with_errors_naming_the_key():
-    from pytest_llmserve.config import ConfigError, parse_config
+    from pytest_llmserve.settings.config import ConfigError, parse_config
 
     def target(table):
         return {"targets": [{"name": "a", "kind": "openai", "url": "http://h:1", "workloads": table}]}

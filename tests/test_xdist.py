@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmserve.baselines import BaselineStore
-from pytest_llmserve.config import LlmserveConfig, Target
+from pytest_llmserve.store.baselines import BaselineStore
+from pytest_llmserve.settings.config import LlmserveConfig, Target
 from pytest_llmserve.hardware import inventory_from_env_or_option
 from pytest_llmserve.servers.lifecycle import ServerPool
 from pytest_llmserve.servers.vllm import VllmBackend
 from pytest_llmserve.session import LlmserveSession, ResultEntry
 from pytest_llmserve.testing import Script, TruthServer
-from pytest_llmserve.xdist_support import (
+from pytest_llmserve.integrations.xdist import (
     WorkerSlot,
     apply_slot,
     merge_worker_output,
@@ -228,7 +228,7 @@ def test_parallel_workers_update_one_baseline_file_and_the_controller_reports_ev
 SLICE_TESTS = """
 import json, os
 import pytest
-from pytest_llmserve.config import Target
+from pytest_llmserve.settings.config import Target
 from pytest_llmserve.servers.vllm import VllmBackend
 from pytest_llmserve.session import get_session
 

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..cluster_stats import ClusterSummary, cluster_summary, cluster_weights, ratio_replicates
-from ..stats import (
+from .cluster_stats import ClusterSummary, cluster_summary, cluster_weights, ratio_replicates
+from .stats import (
     DEFAULT_RESAMPLES,
     ArrayLike,
     Interval,

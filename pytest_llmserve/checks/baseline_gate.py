@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..stats import Interval, bootstrap_percentile_replicates, normal_quantile, percentile, student_t_quantile
+from .stats import Interval, bootstrap_percentile_replicates, normal_quantile, percentile, student_t_quantile
 from .promotion import PromotionCheck, decide, default_min_samples
 
 SAMPLE_FAMILIES = ("ttft_ms", "tpot_ms", "e2e_ms")  # one value per request, kept per round in the sidecar

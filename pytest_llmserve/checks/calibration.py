@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..cluster_stats import cluster_weights, lower_bound, one_sided_p, ratio, ratio_replicates
+from .cluster_stats import cluster_weights, lower_bound, one_sided_p, ratio, ratio_replicates
 from .equivalence import Continuation
 
 # Defaults and where their figures come from (README "Equivalence with the Hugging Face reference").

@@ -36,8 +36,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from ..cluster_stats import cluster_summary
-from ..stats import Interval, wilson_interval
+from .cluster_stats import cluster_summary
+from .stats import Interval, wilson_interval
 from .equivalence import CONTEXT_TOKENS, Continuation
 
 DEFAULT_DIVERGENCE_THRESHOLD = 0.03

@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..stats import bootstrap_percentile_diff_ci
+from .stats import bootstrap_percentile_diff_ci
 
 DEFAULT_MIN_SPEEDUP = 1.05  # graphs on transformers serve, H200, 1.05 B: 1.14x at c=1 to 4.4x at c=32 (docs/h200_run.md)
 MIN_REQUESTS = 8  # per level and side: fewer and the interval says little; the level is left out

@@ -39,7 +39,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from ..config import Target
+from ..settings.config import Target
 
 UNIT_ROUNDOFF: Mapping[str, float] = {
     "float32": 2.0**-24,
@@ -215,13 +215,13 @@ def precision_of(target: Target, log_text: str = "") -> str:
     """The coarsest numeric format on the target's path, as a UNIT_ROUNDOFF key.
 
     `options.equivalence.precision` wins; otherwise what the engine itself records, via
-    pytest_llmserve.precision (the vLLM startup log when given, a TensorRT-LLM engine config.json
+    pytest_llmserve.evidence.precision (the vLLM startup log when given, a TensorRT-LLM engine config.json
     in `engine.dir` or the model dir -- `pretrained_config.dtype` and quantization algos --, a
     ModelOpt hf_quant_config.json, or `options.precision`); failing those, the target's `dtype`
     (else "bfloat16") and vLLM `--quantization` / `--kv-cache-dtype` flags. Of the dtype, the weight
     quantization and the KV-cache quantization, the coarsest bounds the error.
     """
-    from .. import precision as engine_precision
+    from ..evidence import precision as engine_precision
 
     table = target.options.get("equivalence")
     if isinstance(table, Mapping) and table.get("precision"):

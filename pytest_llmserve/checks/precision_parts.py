@@ -7,7 +7,7 @@ their unit-roundoff tolerance and turn the calibration tests informational.
 
 Sources, first that answers: `options.equivalence.{compute,weight,kv_cache}_precision`; the legacy
 `options.equivalence.precision` (a float format sets compute, a quantized one weights); what the
-engine recorded (pytest_llmserve.precision: the vLLM startup log, a TensorRT-LLM engine config, a
+engine recorded (pytest_llmserve.evidence.precision: the vLLM startup log, a TensorRT-LLM engine config, a
 ModelOpt config, `options.precision`); else the target's `dtype` and vLLM `--quantization` /
 `--kv-cache-dtype` flags.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..config import Target
+from ..settings.config import Target
 from .near_tie import UNIT_ROUNDOFF, _flag_values, _precision_or_none, _quant_precision, normalize_precision
 
 FLOAT_FORMATS = ("float32", "bfloat16", "float16")
@@ -72,7 +72,7 @@ class PrecisionParts:
 
 def precision_parts(target: Target, log_text: str = "") -> PrecisionParts:
     """Read the three inputs for `target` (see the module docstring for the order of sources)."""
-    from .. import precision as engine_precision
+    from ..evidence import precision as engine_precision
 
     table = target.options.get("equivalence")
     table = table if isinstance(table, Mapping) else {}

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Literal, Mapping
 
 import numpy as np
 
-from ..stats import (
+from .stats import (
     DEFAULT_RESAMPLES,
     ArrayLike,
     Interval,

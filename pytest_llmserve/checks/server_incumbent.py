@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..baselines import UPDATE_HINT, round_significant
+from ..store.baselines import UPDATE_HINT, round_significant
 
 # server metrics kept in a recorded baseline entry (the "server" field)
 STORED_SERVER_METRICS = ("spec_acceptance_length", "prefix_cache_hit_rate")

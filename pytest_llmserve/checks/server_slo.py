@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ..load import RunResult
-from ..server_metrics import MetricsSummary
+from ..evidence.server_metrics import MetricsSummary
 
 # key -> (metric in the verdict table, the limit is an upper bound)
 SERVER_LIMIT_KEYS: Mapping[str, tuple[str, bool]] = {

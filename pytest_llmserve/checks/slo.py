@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..baselines import UPDATE_HINT, MetricComparison
+from ..store.baselines import UPDATE_HINT, MetricComparison
 from .server_incumbent import DROP_KEYS, IncumbentCheck
 from .server_slo import GOODPUT_PARAMS, SERVER_LIMIT_KEYS, check_value
 
@@ -163,7 +163,7 @@ class SloEvaluation:
 
 
 def _direction(metric: str) -> str:
-    from ..baselines import higher_is_better
+    from ..store.baselines import higher_is_better
 
     return ">= " if higher_is_better(metric) else "<= "
 

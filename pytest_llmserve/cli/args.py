@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn, Sequence
 
-from ..live_run import LiveEndpoint
-from ..servers.capabilities import Capabilities, parse_override_args, probe_url
+from ..gates.live_run import LiveEndpoint
+from ..servers.capabilities import Capabilities, parse_override_args
+from ..servers.capability_probe import probe_url
 
 
 def first_model(url: str) -> str:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..drive import drive
+from ..gates.drive import drive
 from ..load import ClientOptions, LoadSpec, RunResult, load_prompts
 from ..load.fit import fit_load
 from ..servers.capabilities import CapabilityError
@@ -83,7 +83,7 @@ def _shaped_spec(a: argparse.Namespace, model: str) -> tuple[LoadSpec, list[str]
         return _spec_from_args(a), []
     from ..load.trace import SHIPPED_TRACE, load_trace, trace_spec
     from ..load.workloads import workload
-    from ..server_info import max_model_len
+    from ..servers.info import max_model_len
 
     limit = a.max_model_len or max_model_len(a.url, model)
     if a.trace:
@@ -169,7 +169,8 @@ def run(a: argparse.Namespace) -> int:
                 raise ValueError(f"{a.url}/v1/models lists no model; pass --model NAME")
             model = models[0]
         spec, notes = _shaped_spec(a, model)
-        from ..servers.capabilities import parse_override_args, probe_url
+        from ..servers.capabilities import parse_override_args
+        from ..servers.capability_probe import probe_url
 
         caps = probe_url(a.url.rstrip("/").removesuffix("/v1"), model, overrides=parse_override_args(a.capability),
                          headers=dict(headers))

@@ -9,8 +9,8 @@ from typing import Sequence
 
 from ..checks.promotion import DEFAULT_MARGIN
 from ..load import ClientOptions, LoadSpec
-from ..progress import print_emitter
-from ..promotion_run import DEFAULT_METRICS, Arm, ArmSamples, load_samples, run_ab, run_rounds, save_samples
+from ..report.progress import print_emitter
+from ..gates.promotion import DEFAULT_METRICS, Arm, ArmSamples, load_samples, run_ab, run_rounds, save_samples
 from ..servers.capabilities import CapabilityError, common
 from .args import Parser, UsageExit, first_model, metrics_url_for, probe_endpoints
 

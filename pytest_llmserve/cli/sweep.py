@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ..load import ClientOptions
-from ..progress import print_emitter
+from ..report.progress import print_emitter
 from ..servers.capabilities import CapabilityError, common
-from ..sweep import SweepTarget, run_sweep
+from ..gates.sweep import SweepTarget, run_sweep
 from .args import Parser, UsageExit, first_model, metrics_url_for, parse_levels, parse_named, probe_endpoints
 
 
@@ -63,7 +63,7 @@ def main(argv: Sequence[str]) -> int:
     (out / "sweep.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
     md = result.markdown()
     (out / "sweep.md").write_text(md)
-    from ..plots import save_sweep_png
+    from ..report.plots import save_sweep_png
 
     save_sweep_png(result, out / "sweep.png", title=a.title)
     if not a.quiet:

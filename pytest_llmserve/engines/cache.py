@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 from filelock import Timeout
 
-from ..locks import lock_for
+from ..store.locks import lock_for
 from .build import ArgvTemplate, check_quantization_supported, default_templates, expand, run_plan, template_values
 from .config import EngineConfig, EngineError, checkpoint_quantization, read_engine_config
 from .fingerprint import Toolchain, checkpoint_digest, fingerprint, fingerprint_inputs

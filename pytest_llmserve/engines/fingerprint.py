@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..atomic import atomic_write_text
-from ..locks import lock_for
+from ..store.atomic import atomic_write_text
+from ..store.locks import lock_for
 from .config import EngineError
 from .spec import EngineSpec
 

@@ -78,7 +78,7 @@ class TritonLoadResult:
 def run_triton_load(endpoints: Any, spec: LoadSpec, protocol: str = "grpc", opts: TritonOptions = TritonOptions(),
                     metrics_interval_s: float | None = 0.5) -> TritonLoadResult:
     """Load one Triton (`endpoints`: http_url, grpc_url, metrics_url, model) while sampling its metrics."""
-    from ..server_metrics import MetricsSampler
+    from ..evidence.server_metrics import MetricsSampler
 
     if protocol not in ("grpc", "http"):
         raise ValueError(f"protocol={protocol!r}: use 'grpc' or 'http'")

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
-from ..config import Target
+from ..settings.config import Target
 from .process import ManagedProcess, read_tail
 
 if TYPE_CHECKING:
     from ..checks.optimisations import OptimisationsReport
     from ..load import ClientOptions, LoadProgress, LoadSpec, RunResult
-    from ..precision import PrecisionInfo
+    from ..evidence.precision import PrecisionInfo
     from .capabilities import Capabilities
     from .triton import TritonEndpoints
 
@@ -104,6 +104,11 @@ class Backend(Protocol):
 
     def not_probed_because(self) -> str | None:
         """Why the OpenAI capability probe does not apply to this server; None when it is probed."""
+        ...
+
+    @property
+    def managed(self) -> bool:
+        """Whether the plugin starts this server (False: it is already running at the target's `url`)."""
         ...
 
     def option_problem(self, options: Mapping[str, Any]) -> tuple[str, Any, str] | None:

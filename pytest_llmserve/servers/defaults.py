@@ -8,12 +8,14 @@ from ..load import ClientOptions, LoadProgress, LoadSpec, RunResult, run_load
 from .base import ServerHandle
 
 if TYPE_CHECKING:
-    from ..config import Target
-    from ..precision import PrecisionInfo
+    from ..settings.config import Target
+    from ..evidence.precision import PrecisionInfo
 
 
 class BackendDefaults:
     """Mixed into each backend; a backend overrides what its server does differently."""
+
+    managed = True  # the plugin starts the server (a class attribute, not a dataclass field)
 
     def unsupported_reason(self, target: Target) -> str | None:
         """Why this host cannot run `target` at all; None: let the server itself decide."""

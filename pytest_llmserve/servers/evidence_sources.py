@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import Target
+from ..settings.config import Target
 from .base import ServerHandle
 
 

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..config import Target
+from ..settings.config import Target
 from .base import HostUnsupported, LaunchPlan, PortCollision, ServerHandle, ServerStartError, describe_exit
-from .capabilities import Capabilities, CapabilityError, probe_capabilities
+from .capabilities import Capabilities, CapabilityError
+from .capability_probe import probe_capabilities
 from .probes import served_models
 from .process import ManagedProcess, free_port, read_tail
 from .registry import backend_for

@@ -7,15 +7,16 @@ from pathlib import Path
 
 from ..checks.graphs import GraphVerdict
 from ..checks.optimisations import OptimisationsReport, unknown_report
-from ..config import Target
+from ..settings.config import Target
 from .base import LaunchPlan, Probe, ServerHandle
 from .defaults import BackendDefaults
-from .capabilities import ready_check
+from .capability_probe import ready_check
 
 
 @dataclass(frozen=True)
 class OpenAIBackend(BackendDefaults):
     kind: str = "openai"
+    managed = False  # already running at target.url: nothing to start, a short readiness wait
 
     def plan(self, target: Target, port: int, workdir: Path) -> LaunchPlan:
         base_url = str(target.url)

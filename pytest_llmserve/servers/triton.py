@@ -29,13 +29,13 @@ import httpx
 from ..checks.graphs import GraphVerdict
 from ..checks.optimisations import OptimisationsReport, unknown_report
 from ..checks.triton_evidence import triton_optimisations
-from ..config import Target
+from ..settings.config import Target
 from ..engines import EngineError, EngineHandle, EngineSpec, detect_toolchain, prepare_engine
 from ..engines.config import is_engine_dir
 from ..load import ClientOptions, LoadProgress, LoadSpec, RunResult
 from ..load.triton_client import run_triton_load
-from ..triton_repo import TEMPLATES_ENV, TritonRepoError, generate_repository
-from ..option_tables import backend_options
+from .triton_repo import TEMPLATES_ENV, TritonRepoError, generate_repository
+from ..settings.option_tables import backend_options
 from .base import LaunchPlan, Probe, ServerHandle, ServerStartError
 from .defaults import BackendDefaults
 from .evidence_sources import engine_config, log_source

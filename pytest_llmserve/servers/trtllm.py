@@ -27,11 +27,11 @@ from typing import Any, Callable, Mapping
 
 from ..checks.optimisations import OptimisationsReport
 from ..checks.trtllm_evidence import trtllm_optimisations
-from ..config import Target
+from ..settings.config import Target
 from ..engines import EngineError, EngineHandle, EngineSpec, detect_toolchain, prepare_engine
 from ..engines.cache import verify_checkpoint_quantization
 from ..engines.config import is_engine_dir
-from ..option_tables import backend_options
+from ..settings.option_tables import backend_options
 from .base import LaunchPlan, ServerHandle, ServerStartError
 from .defaults import BackendDefaults
 from .evidence_sources import engine_config, log_source, max_batch_size

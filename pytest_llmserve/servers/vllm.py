@@ -11,9 +11,9 @@ from pathlib import Path
 from ..checks.optimisations import OptimisationsReport
 from ..checks.vllm_args import apply_vllm_args, parse_vllm_args
 from ..checks.vllm_evidence import vllm_optimisations
-from ..config import Target
+from ..settings.config import Target
 from ..hardware.cpu_features import cpu_flags, cpu_model
-from ..precision import PrecisionInfo, from_vllm_log
+from ..evidence.precision import PrecisionInfo, from_vllm_log
 from .base import LaunchPlan, ServerHandle
 from .defaults import BackendDefaults
 from .evidence_sources import log_source, max_batch_size

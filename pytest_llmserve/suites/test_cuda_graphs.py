@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_llmserve.checks.graph_requirement import CudaGraphRequirement
-from pytest_llmserve.evidence import requirement_of
+from pytest_llmserve.evidence.optimisations import requirement_of
 from pytest_llmserve.session import ResultEntry, get_session
 
 

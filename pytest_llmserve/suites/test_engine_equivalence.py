@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmserve.engine_equivalence_run import REFERENCE_OPTION, run_engine_equivalence
-from pytest_llmserve.reference import ReferenceError
-from pytest_llmserve.server_logprobs import ServerLogprobsError
+from pytest_llmserve.gates.engine_equivalence import REFERENCE_OPTION, run_engine_equivalence
+from pytest_llmserve.reference.hf import ReferenceError
+from pytest_llmserve.evidence.server_logprobs import ServerLogprobsError
 from pytest_llmserve.session import ResultEntry, get_session
-from pytest_llmserve.suite_options import partner_target_name, require_capabilities
+from pytest_llmserve.settings.suite_options import partner_target_name, require_capabilities
 from pytest_llmserve.suites import checkout_fixture
 
 DEFAULT_PROMPTS = checkout_fixture("prompts", "stdlib-64.jsonl")  # None in an installed package

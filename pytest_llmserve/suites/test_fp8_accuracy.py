@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmserve.accuracy_refs import AccuracyReferences, model_label
-from pytest_llmserve.accuracy_run import compare_targets
-from pytest_llmserve.accuracy_tasks import TaskFileError, load_task
-from pytest_llmserve.precision import PrecisionUnknown
+from pytest_llmserve.store.accuracy_refs import AccuracyReferences, model_label
+from pytest_llmserve.gates.accuracy import compare_targets
+from pytest_llmserve.reference.accuracy_tasks import TaskFileError, load_task
+from pytest_llmserve.evidence.precision import PrecisionUnknown
 from pytest_llmserve.session import ResultEntry, get_session
-from pytest_llmserve.suite_options import partner_target_name, require_capabilities
+from pytest_llmserve.settings.suite_options import partner_target_name, require_capabilities
 from pytest_llmserve.suites import checkout_fixture
 
 BUNDLED_TASKS = checkout_fixture("tasks")  # the tiny model's tasks; None in an installed package

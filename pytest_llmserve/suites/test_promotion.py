@@ -24,10 +24,10 @@ from __future__ import annotations
 import pytest
 
 from pytest_llmserve.load import LoadSpec
-from pytest_llmserve.progress import pytest_emitter
-from pytest_llmserve.promotion_run import arm_of, capabilities_of, run_ab
+from pytest_llmserve.report.progress import pytest_emitter
+from pytest_llmserve.gates.promotion import arm_of, capabilities_of, run_ab
 from pytest_llmserve.session import ResultEntry, get_session
-from pytest_llmserve.suite_options import partner_target_name
+from pytest_llmserve.settings.suite_options import partner_target_name
 
 
 def _table(target):

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from pytest_llmserve.checks.slo import SloEvaluation, validate_limits
-from pytest_llmserve.config import Target
+from pytest_llmserve.settings.config import Target
 from pytest_llmserve.engines import EngineCache, EngineSpec, detect_toolchain
 from pytest_llmserve.load import LoadSpec, run_load
-from pytest_llmserve.server_metrics import MetricsSampler
+from pytest_llmserve.evidence.server_metrics import MetricsSampler
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = Path(os.environ.get("LLMSERVE_GPU_TEST_MODEL", ROOT / "fixtures" / "tiny-llama"))

@@ -1,0 +1,1 @@
+"""What a running server says about itself: optimisations (CUDA graphs etc.), precision, /metrics samples, greedy tokens with logprobs."""

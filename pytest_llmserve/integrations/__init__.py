@@ -1,0 +1,1 @@
+"""Other pytest plugins: pytest-xdist (GPU slices, merging workers' results) and pytest-benchmark."""
