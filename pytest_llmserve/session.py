@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -118,6 +119,11 @@ class LlmserveSession:
         """Server processes that survived teardown, named by the xdist worker that left them when merged."""
         for name, pids in leftovers.items():
             self.leftovers[name if worker is None else f"{name} on {worker}"] = pids
+
+    def narrow_inventory(self, inventory: Any) -> None:
+        """This xdist worker sees only its slice of the GPUs; the label stays the machine's, so baselines do
+        not depend on -n."""
+        self.hardware = dataclasses.replace(self.hardware, inventory=inventory)
 
     def keep_ecdf(self, nodeid: str, samples: Any) -> None:
         """Samples of a failing check for the Markdown report's ECDF figure."""

@@ -121,8 +121,7 @@ def apply_slot(state: LlmserveSession, slot: WorkerSlot, environ: MutableMapping
     else:
         gpus, note = select_visible(inv.gpus, slot.visible_devices)
         narrowed = dataclasses.replace(inv, gpus=gpus, source=f"{inv.source}; xdist {slot.worker_id} slice {note}")
-    # The label stays the machine's, so baselines do not depend on -n.
-    state.hardware = dataclasses.replace(state.hardware, inventory=narrowed)
+    state.narrow_inventory(narrowed)
 
 
 class ControllerHooks:
@@ -194,10 +193,8 @@ def merge_worker_output(state: LlmserveSession, payload: dict[str, Any], pconfig
     state.note_collected(payload["collected_ids"])
     state.store.ledger.merge(payload)
     state.note_leftovers(payload["leftovers"], worker)
-    for name, caps in payload["probed"].items():  # each worker probes its own server of a target
-        state.pool.probed.setdefault(name, Capabilities.from_dict(caps))
-    for name, message in payload["server_failures"].items():
-        state.pool.failures.setdefault(name, message)
+    state.pool.merge_remote({name: Capabilities.from_dict(caps) for name, caps in payload["probed"].items()},
+                            payload["server_failures"])
     # every worker collects the same items, so any worker's order ranks them all
     state.merge_results([ResultEntry(**entry) for entry in payload["results"]], payload["order"])
     benchmark_bridge.publish(pconfig, [benchmark_bridge.LoadBenchmark.from_dict(b) for b in payload["benchmarks"]])

@@ -6,7 +6,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from ..settings.config import Target
 from .base import HostUnsupported, LaunchPlan, PortCollision, ServerHandle, ServerStartError, describe_exit
@@ -31,6 +31,13 @@ class ServerPool:
     failure_kinds: dict[str, type[ServerStartError]] = field(default_factory=dict)  # raised again as the same kind
     leftovers: dict[str, list[int]] = field(default_factory=dict)
     probed: dict[str, Capabilities] = field(default_factory=dict)  # kept after the servers stop (for reports)
+
+    def merge_remote(self, probed: Mapping[str, Capabilities], failures: Mapping[str, str]) -> None:
+        """What another process's pool found (an xdist worker's), for the reports; the first word on a target stays."""
+        for name, caps in probed.items():
+            self.probed.setdefault(name, caps)
+        for name, message in failures.items():
+            self.failures.setdefault(name, message)
 
     def get(self, target: Target) -> ServerHandle:
         """The running server for `target`, starting it on first use; a failed start is not retried."""
