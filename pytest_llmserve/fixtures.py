@@ -18,6 +18,7 @@ from .load.fit import FittedLoad, fit_load
 from .load.trace import TraceReplay
 from .load.workloads import Workload, workload
 from .gates.measure import Planner, baseline_rounds, measure, merge_results, plan_mode
+from .hardware.host import host_difference, host_fingerprint
 from .gates.outcome import LoadOutcome
 from .report.progress import Heartbeat, pytest_emitter
 from .servers.info import CacheReset, max_model_len, reset_prefix_cache
@@ -145,7 +146,8 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
                     baseline = baseline_rounds(session.store, llm_server.target.name, key)
             except BaselineError as exc:
                 _fail_once(str(exc))
-        mode = plan_mode(entry, session.store.update, sequential)
+        other_host = entry is not None and host_difference(entry.get("host"), host_fingerprint()) is not None
+        mode = plan_mode(entry, session.store.update, sequential, other_host)
         if mode == "record" and not sequential:
             mode = "repeat"
         planner = Planner(gate, mode, session.repeats(gate), baseline)
@@ -155,6 +157,8 @@ def llm_load(request: pytest.FixtureRequest, llm_server: ServerHandle) -> Callab
                         session.retries(gate), llm_server.alive)
         finally:
             server_metrics = sampler.stop() if sampler is not None else None
+        if other_host and sequential:
+            m.stopped = "one round: the baseline was recorded on another host, so no round count gives a verdict"
         result = merge_results(m.results)
         benchmark_bridge.record_load(request.config, request.node, llm_server.target.name, result)
         try:

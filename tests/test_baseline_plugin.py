@@ -270,8 +270,9 @@ def test_a_baseline_from_another_cpu_gives_no_verdict_and_takes_no_added_start(p
     result.assert_outcomes(passed=1)  # inconclusive = "warn" (the default)
     out = result.stdout.str()
     assert "the baseline was recorded on AMD EPYC 9R14 (avx2), this host is" in out and "no verdict across hosts" in out
-    rows = json.loads((pytester.path / "r.json").read_text())["results"][0]["baseline_gate"]
-    assert {r["verdict"] for r in rows if r["gated"]} == {"inconclusive"}
+    report = json.loads((pytester.path / "r.json").read_text())["results"][0]
+    assert {r["verdict"] for r in report["baseline_gate"] if r["gated"]} == {"inconclusive"}
+    assert report["measurement"]["rounds"] == 1 and "another host" in report["measurement"]["stopped"]  # no budget spent
 
     _project(pytester, truth_url, SEQUENTIAL)
     added = pytester.runpytest(*ARGS, "--llmserve-add-start", "--llmserve-repeats", "1")

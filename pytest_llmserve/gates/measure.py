@@ -166,10 +166,12 @@ class Planner:
         return True
 
 
-def plan_mode(entry: dict[str, Any] | None, update: bool, sequential: bool) -> str:
+def plan_mode(entry: dict[str, Any] | None, update: bool, sequential: bool, other_host: bool = False) -> str:
+    """record | gate (measure until decided) | once; a baseline from another host gets one round: no number
+    of rounds would give it a verdict."""
     if update:
         return "record"
-    if sequential and entry is not None and is_statistical(entry):
+    if sequential and entry is not None and is_statistical(entry) and not other_host:
         return "gate"
     return "once"
 
