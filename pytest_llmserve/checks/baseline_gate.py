@@ -241,7 +241,8 @@ def compare_rounds(
     elif assumed:  # an assumption, not an estimate: no df to inflate for; the baseline's one start carries it too
         start_var = (assumed_start_spread * sb.value) ** 2
     ratio = sc.value / sb.value
-    rel_b = (sb.var + spread.weight * start_var) / sb.value**2
+    b_var = sb.var + spread.weight * start_var  # the baseline's share of σ_s² stays in its pooled value
+    rel_b = b_var / sb.value**2
     rel_c, rel_start = sc.var / sc.value**2, start_var / sb.value**2  # more requests shrink rel_c only
     se = ratio * math.sqrt(rel_b + rel_c + rel_start) if math.isfinite(rel_b + rel_c) else math.nan
     z_a, z_b = normal_quantile(1 - alpha), normal_quantile(1 - beta)
@@ -284,7 +285,7 @@ def compare_rounds(
           if math.isfinite(s.var) else (math.nan, math.nan))
     between = (math.sqrt(spread.var) / sb.value if spread.starts >= 2 else
                assumed_start_spread if assumed else math.nan)
-    sb = dataclasses.replace(sb, var=sb.var + spread.weight * start_var)
+    sb = dataclasses.replace(sb, var=b_var)
     sc = dataclasses.replace(sc, var=sc.var + start_var)
     return GateCheck(check, gated, ci(sb), ci(sc), run_spread, (sb.rounds, sc.rounds), (sb.n, sc.n), needed, precise,
                      spread.starts, between, assumed)

@@ -26,6 +26,7 @@ def cpu_flags() -> frozenset[str]:
         return frozenset()
 
 
+@lru_cache(maxsize=1)
 def cpu_model() -> str:
     """The first `model name` in /proc/cpuinfo, or 'unknown CPU'."""
     try:
