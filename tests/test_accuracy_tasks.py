@@ -216,7 +216,7 @@ def test_small_flips_pass_and_a_real_drop_fails_the_paired_gate():
     for needle in ("α=0.05", "β=0.2", "n=4000", "CI [", "threshold", "min detectable drop", "FAIL"):
         assert needle in text
     assert "bfloat16|none|none" in text and bad.data()["gate"]["verdict"] == "fail"
-    row = bad.data()["rows"][0]  # the summary-table row report.py shows
+    row = bad.data()["rows"][0]  # the summary-table row report/summary.py shows
     assert row["verdict"] == "fail" and row["measured"] < row["limit"] < row["baseline"]
     json.dumps(bad.data())  # JSON report ready
 

@@ -1,4 +1,4 @@
-"""`llmserve promote`: the engine-promotion gate, candidate vs a live or stored incumbent (promotion_run.py)."""
+"""`llmserve promote`: the engine-promotion gate, candidate vs a live or stored incumbent (gates/promotion.py)."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ class AccuracyComparison:
         return "\n".join(lines)
 
     def rows(self) -> list[dict[str, Any]]:
-        """Summary-table rows (report.py): the gate, then each stored reference; scores in %."""
+        """Summary-table rows (report/summary.py): the gate, then each stored reference; scores in %."""
         g = self.gate
         pct = (lambda x: 100 * x) if g.binary else (lambda x: x)
         out = [{"metric": f"{self.task.name} accuracy %", "measured": pct(g.candidate_score), "limit": pct(g.threshold),

@@ -1,6 +1,6 @@
 """One load run against a live endpoint, watched: server /metrics sampled and a heartbeat while it runs.
 
-Shared by the concurrency sweep (sweep.py) and the promotion gate (promotion_run.py), whose runs
+Shared by the concurrency sweep (gates/sweep.py) and the promotion gate (gates/promotion.py), whose runs
 differ only in their labels and in what they keep of the result. The run itself, the metrics
 sampling (out of process) and the progress count follow drive.py, as the pytest fixture's do.
 """

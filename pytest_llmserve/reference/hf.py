@@ -340,7 +340,7 @@ def cached_reference(model_dir: str | Path, prompts: Sequence[Prompt], *, max_to
 
     `isolate` runs Hugging Face in its own process (default: on CUDA devices, so its GPU memory is
     freed before the server needs it). An fp32 miss first tries a reference of another device that
-    a spot check on this one agrees with (reference_worker.py).
+    a spot check on this one agrees with (reference/worker.py).
     """
     from . import worker
 

@@ -6,7 +6,7 @@ Layout: ``<baselines_dir>/<hardware>/accuracy/<model>.json`` holding
 paired gate decides FP8 vs BF16 from two live runs; these references additionally catch both sides
 drifting together (e.g. the BF16 engine itself regressed), with TensorRT-LLM's unpaired threshold
 ref + Φ⁻¹(α)·√(2σ²/n), σ = 0.5 for 0/1 scores (its σ = 50 on a 0-100 scale).
-The file is an entry file of the baselines' store (entry_store.py): the same locked update, and its
+The file is an entry file of the baselines' store (store/entries.py): the same locked update, and its
 changes and unused entries appear in the end-of-run report beside the baselines'.
 """
 

@@ -5,7 +5,7 @@ either the old one-number form ``{metric: value}`` (schema 1, still read and com
 statistical form (schema 2) ``{"shape": {...}, "repeats": R, "requests": N, "metrics": {metric: {"value",
 "ci95", "n", "rounds", "run_to_run"}}}``, whose per-request samples of every round live in the compressed
 sidecar ``<target>.samples.json.gz`` (baseline_samples.py), written under the same lock.
-Writes are read-modify-write under a file lock and land with an atomic rename (entry_store.py, shared
+Writes are read-modify-write under a file lock and land with an atomic rename (store/entries.py, shared
 with the accuracy references), so parallel workers never clobber each other and a crash never leaves
 half a file. A file that does not parse is reported and never overwritten.
 """

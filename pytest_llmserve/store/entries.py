@@ -8,7 +8,7 @@ other, a crash never leaves half a file), and the `StoreLedger` of what this run
 which the xdist controller merges from its workers and the end-of-run report lists (changes, and the
 unused entries each kind derives from it).
 
-Equivalence references (reference.py, engine_outputs.py) are not entries of this store: each is a
+Equivalence references (reference/hf.py, reference/engine_outputs.py) are not entries of this store: each is a
 cache file named by a digest of everything it depends on, so a rewrite never changes a committed
 answer (there is no old -> new to report) and a file no key names is merely stale, not a test gone.
 """
