@@ -45,6 +45,7 @@ from .process import free_port
 DEFAULT_LAUNCHER = ("tritonserver",)
 _COLLISION = re.compile(r"already in use|failed to start (HTTP|GRPC|Metrics) service|Address already in use", re.I)
 _OPTION_KEYS = {"templates", "fill", "decoupled", "server_args", "protocol"}
+PROTOCOLS = ("grpc", "http")  # options.protocol: how load clients stream (checked at config load and at start)
 MODEL_CONFIG = "model_repository/tensorrt_llm/config.pbtxt"  # in the server's workdir
 
 
@@ -70,7 +71,7 @@ class TritonBackend(BackendDefaults):
             if key not in _OPTION_KEYS:
                 return key, value, f"unknown triton option; known: {', '.join(sorted(_OPTION_KEYS))}"
         protocol = options.get("protocol", "grpc")
-        if str(protocol).lower() not in ("grpc", "http"):
+        if str(protocol).lower() not in PROTOCOLS:
             return "protocol", protocol, "use 'grpc' or 'http'"
         return None
 
@@ -165,7 +166,7 @@ class TritonBackend(BackendDefaults):
 def load_protocol(target: Target) -> str:
     """The streaming protocol load clients should use for this Triton target ("grpc" or "http")."""
     protocol = str(target.options.get("protocol", "grpc")).lower()
-    if protocol not in ("grpc", "http"):
+    if protocol not in PROTOCOLS:
         raise ServerStartError(f"target {target.name!r}: options.protocol = {protocol!r}: use 'grpc' or 'http'")
     return protocol
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from .gate import GateSettings
 
 if TYPE_CHECKING:
+    from ..servers.base import Backend
     from .suite_tables import SuiteTables
 
 KINDS = ("vllm", "openai", "trtllm-serve", "triton")
@@ -260,7 +261,8 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
     model = raw.get("model")
     from ..servers.registry import backend_for
 
-    managed = backend_for(kind).managed
+    backend = backend_for(kind)
+    managed = backend.managed
     if not managed:
         if not raw.get("url"):
             err.fail(f"{where}.url", raw.get("url"), f"is required for kind {kind!r} (the running server's base URL)")
@@ -309,7 +311,7 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
         if key in raw and not _CPU_LIST.fullmatch(raw[key]):
             err.fail(f"{where}.{key}", raw[key], "must be a CPU list like '0', '0-3' or '0,2-3'")
     workloads = _parse_workloads(err, raw.get("workloads", {}), f"{where}.workloads")
-    _check_options(err, kind, raw.get("options", {}), f"{where}.options")
+    _check_options(err, backend, raw.get("options", {}), f"{where}.options")
     if "capabilities" in raw:
         from ..servers.capabilities import validate_overrides
 
@@ -351,10 +353,9 @@ def _parse_target(err: _Errors, raw: Mapping[str, Any], where: str, base_dir: Pa
     )
 
 
-def _check_options(err: _Errors, kind: str, options: Any, where: str) -> None:
+def _check_options(err: _Errors, backend: Backend, options: Any, where: str) -> None:
     """The suites' tables in `options` typed, and the rest accepted by the backend (file/key/value errors)."""
     from .option_tables import SUITE_OPTION_KEYS
-    from ..servers.registry import backend_for
     from .suite_tables import OptionError, suite_tables
 
     if not isinstance(options, Mapping):
@@ -363,7 +364,7 @@ def _check_options(err: _Errors, kind: str, options: Any, where: str) -> None:
         suite_tables(options)
     except OptionError as exc:
         err.fail(f"{where}.{exc.key}", exc.value, exc.problem)
-    problem = backend_for(kind).option_problem({k: v for k, v in options.items() if k not in SUITE_OPTION_KEYS})
+    problem = backend.option_problem({k: v for k, v in options.items() if k not in SUITE_OPTION_KEYS})
     if problem:
         key, value, what = problem
         err.fail(f"{where}.{key}", value, what)
